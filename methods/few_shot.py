@@ -1,0 +1,78 @@
+"""Few-shot: k in-context demonstrations drawn from the training set.
+
+The second reference row: what plain in-context learning buys, and what it costs in
+inference tokens (every test prompt carries the k demonstrations). Demonstrations are drawn
+at random with the cell's seed, class-balanced for classification tasks as in LM-BFF's
+demonstration sampling; no tuning calls are made.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from methods.base import (
+    AdaptedPolicy,
+    BlackBox,
+    BlackBoxTuner,
+    Example,
+    PromptPolicy,
+    TaskLike,
+    TuneContext,
+    register_method,
+)
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    #: demonstrations per prompt; 8 as in the chain-of-thought GSM8K prompts of Wei et al.
+    #: (2022), the setting the BBox-Adapter and OPRO papers compare against.
+    k: int = 8
+    #: draw the same number of demonstrations per label on classification tasks.
+    balanced: bool = True
+    #: keep the task's default instruction in front of the demonstrations.
+    with_instruction: bool = True
+
+
+@register_method("few-shot", "fewshot", "icl")
+class FewShot(BlackBoxTuner):
+    """In-context learning with k random (seeded) training demonstrations."""
+
+    Config = FewShotConfig
+    config: FewShotConfig
+    presets = {"light": {"k": 4}, "medium": {"k": 8}, "heavy": {"k": 16}}
+
+    def fit(
+        self,
+        train: Sequence[Example],
+        *,
+        task: TaskLike,
+        backend: BlackBox,
+        dev: Sequence[Example] | None = None,
+        proposer: BlackBox | None = None,
+        context: TuneContext | None = None,
+    ) -> AdaptedPolicy:
+        rng = random.Random(context.seed if context else 0)
+        k = min(self.config.k, len(train))
+        if self.config.balanced and task.kind == "classification":
+            demos = _balanced_sample(train, k, rng)
+        else:
+            demos = rng.sample(list(train), k)
+        instruction = task.instructions[0] if self.config.with_instruction and task.instructions else None
+        return PromptPolicy(instruction=instruction, demos=tuple(demos))
+
+
+def _balanced_sample(train: Sequence[Example], k: int, rng: random.Random) -> list[Example]:
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in train:
+        by_label[ex.target].append(ex)
+    pools = [rng.sample(group, len(group)) for _, group in sorted(by_label.items())]
+    demos: list[Example] = []
+    while len(demos) < k and any(pools):
+        for pool in pools:
+            if pool and len(demos) < k:
+                demos.append(pool.pop())
+    rng.shuffle(demos)
+    return demos
