@@ -1,0 +1,161 @@
+"""Backends: model endpoints that declare their capabilities and answer batches of requests.
+
+A backend does the raw work and reports usage; it knows nothing of roles, phases, caching or
+budgets. `benchmarks.client.MeteredBlackBox` wraps a backend into the `methods.BlackBox` a
+tuner sees, adding the cache, the meter and the capability checks. Backends register with
+``@register_backend("name")`` (plugins: entry-point group ``blackbox_bench.backends``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from methods.base import GENERATE, CapabilityError, Completion, ScoredText
+from methods.registry import BenchError, Registry
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One prompt sent for ``n`` samples (one model call)."""
+
+    prompt: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Logprobs of ``continuation`` after ``prompt`` (one model call)."""
+
+    prompt: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class NextTokenRequest:
+    """The full next-token log-distribution after ``prompt``, optionally after soft-prompt
+    vectors (a [k, d] float32 array) placed before the prompt's token embeddings."""
+
+    prompt: str
+    soft_prompt: np.ndarray | None = field(default=None, compare=False)
+
+
+@dataclass
+class CallResult(Generic[V]):
+    """A backend's answer to one request, with what it cost.
+
+    Attributes:
+        value: the completions, the scored text or the log-distribution.
+        prompt_tokens: input tokens billed (counted once per call, whatever ``n``).
+        completion_tokens: output tokens billed, all samples together.
+        latency_s: wall seconds from send to answer.
+        retries: attempts beyond the first.
+    """
+
+    value: V
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float = 0.0
+    retries: int = 0
+
+
+class Backend(ABC):
+    """A model endpoint. Subclasses set `name` and `capabilities`, and implement the batch
+    methods of the capabilities they declare."""
+
+    #: registry name, set by `register_backend`.
+    name: ClassVar[str] = ""
+    #: whether tuning on this backend spends money (decides if a missing key is fatal etc.).
+    remote: ClassVar[bool] = False
+
+    model: str
+    capabilities: frozenset[str] = frozenset({GENERATE})
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this backend's outputs, for cache keys: never keys or URLs."""
+        return {"backend": self.name, "model": self.model}
+
+    @abstractmethod
+    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[CallResult[list[Completion]]]:
+        """Answer each request; the order of results is the order of requests."""
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[CallResult[ScoredText]]:
+        raise CapabilityError(f"backend {self.name} ({self.model}) does not offer 'score'")
+
+    def next_token_batch(self, requests: Sequence[NextTokenRequest]) -> list[CallResult[np.ndarray]]:
+        raise CapabilityError(f"backend {self.name} ({self.model}) does not offer 'next_token_logits'")
+
+    def vocabulary(self) -> list[str]:
+        raise CapabilityError(f"backend {self.name} ({self.model}) has no known vocabulary")
+
+    def embedding_stats(self) -> tuple[int, float, float]:
+        raise CapabilityError(f"backend {self.name} ({self.model}) does not offer 'prompt_embeds'")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` for projections: exact where the tokenizer is known, else
+        about four characters a token."""
+        return max(1, len(text) // 4)
+
+    def check_ready(self) -> None:
+        """Raise `BenchError` if the backend cannot serve (no key, no server), before spending."""
+
+    def close(self) -> None:
+        """Release connections, processes and memory."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+backends: Registry[Callable[..., Backend]] = Registry(
+    "backend", package="benchmarks.backends", entry_point_group="blackbox_bench.backends"
+)
+
+
+def register_backend(name: str, *aliases: str) -> Callable[[type[Backend]], type[Backend]]:
+    """Class decorator: register a `Backend` subclass under ``name``."""
+
+    def decorator(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        backends.add(name, cls, *aliases)
+        return cls
+
+    return decorator
+
+
+def make_backend(name: str, **options: Any) -> Backend:
+    """A backend instance by registry name, with constructor ``options``."""
+    factory = backends.get(name)
+    try:
+        return factory(**options)
+    except TypeError as exc:
+        raise BenchError(f"backend {name}: bad option ({exc})") from exc
+
+
+def parse_capabilities(text: str | Sequence[str] | None) -> frozenset[str] | None:
+    """``"generate,logprobs"`` -> frozenset, checking each name."""
+    from methods.base import CAPABILITIES
+
+    if text is None:
+        return None
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    for item in items:
+        if item not in CAPABILITIES:
+            raise BenchError(f"unknown capability {item!r}; valid: {', '.join(CAPABILITIES)}")
+    return frozenset(items)
+
+
