@@ -321,6 +321,7 @@ class AdaptedPolicy(ABC):
 
     def save_tensors(self, directory: Path) -> None:
         """Write weights (safetensors) into ``directory``; prompt policies have none."""
+        return None
 
     def save(self, directory: Path) -> None:
         """Write ``policy.json`` (and any weights) into ``directory``."""
@@ -399,20 +400,25 @@ class PromptPolicy(AdaptedPolicy):
 
 @dataclass(frozen=True)
 class CallPlan:
-    """A tuner's projection of its tuning-phase spend, before running.
+    """A tuner's projection of what it will spend, before anything is spent.
 
     Attributes:
-        calls: model calls (prompts sent) to the task model.
+        calls: tuning-phase calls (prompts sent) to the task model.
         samples: completions those calls return in all (calls × n).
-        proposer_calls: calls to the proposer role.
-        prompt_chars: characters sent per call on average, for token estimates (0 = as the
-            evaluation prompt).
+        proposer_calls: tuning-phase calls to the proposer role.
+        tune_prompt: a representative tuning prompt, for token estimates (None: as `eval_prompt`).
+        eval_prompt: a representative inference prompt (None: the task's zero-shot prompt).
+        eval_calls_per_example: inference calls per test example.
+        eval_samples_per_example: completions per test example.
     """
 
     calls: int = 0
     samples: int = 0
     proposer_calls: int = 0
-    prompt_chars: int = 0
+    tune_prompt: str | None = None
+    eval_prompt: str | None = None
+    eval_calls_per_example: float = 1.0
+    eval_samples_per_example: float = 1.0
 
 
 ConfigT = TypeVar("ConfigT")
@@ -454,8 +460,8 @@ class BlackBoxTuner(ABC):
         preset.update(overrides)
         return cls(**preset)
 
-    def plan(self, *, n_train: int, n_dev: int) -> CallPlan:
-        """Projected tuning-phase calls (none for methods that do not tune through the model)."""
+    def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
+        """Projected calls (the default: no tuning calls, one greedy call per test example)."""
         return CallPlan()
 
     @abstractmethod

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
     BlackBoxTuner,
+    CallPlan,
     Example,
     PromptPolicy,
     TaskLike,
@@ -42,7 +44,20 @@ class FewShot(BlackBoxTuner):
 
     Config = FewShotConfig
     config: FewShotConfig
-    presets = {"light": {"k": 4}, "medium": {"k": 8}, "heavy": {"k": 16}}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "light": {"k": 4},
+        "medium": {"k": 8},
+        "heavy": {"k": 16},
+    }
+
+    def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
+        demos = self._choose(train, task, random.Random(0))
+        eval_prompt = (
+            task.render(train[0], instruction=self._instruction(task), demos=demos)
+            if train
+            else None
+        )
+        return CallPlan(eval_prompt=eval_prompt)
 
     def fit(
         self,
@@ -54,14 +69,19 @@ class FewShot(BlackBoxTuner):
         proposer: BlackBox | None = None,
         context: TuneContext | None = None,
     ) -> AdaptedPolicy:
-        rng = random.Random(context.seed if context else 0)
+        demos = self._choose(train, task, random.Random(context.seed if context else 0))
+        return PromptPolicy(instruction=self._instruction(task), demos=tuple(demos))
+
+    def _instruction(self, task: TaskLike) -> str | None:
+        return task.instructions[0] if self.config.with_instruction and task.instructions else None
+
+    def _choose(
+        self, train: Sequence[Example], task: TaskLike, rng: random.Random
+    ) -> list[Example]:
         k = min(self.config.k, len(train))
         if self.config.balanced and task.kind == "classification":
-            demos = _balanced_sample(train, k, rng)
-        else:
-            demos = rng.sample(list(train), k)
-        instruction = task.instructions[0] if self.config.with_instruction and task.instructions else None
-        return PromptPolicy(instruction=instruction, demos=tuple(demos))
+            return _balanced_sample(train, k, rng)
+        return rng.sample(list(train), k)
 
 
 def _balanced_sample(train: Sequence[Example], k: int, rng: random.Random) -> list[Example]:

@@ -40,7 +40,9 @@ class Registry(Generic[T]):
         entry_point_group: the entry-point group scanned for out-of-tree plugins.
     """
 
-    def __init__(self, kind: str, *, package: str | None = None, entry_point_group: str | None = None):
+    def __init__(
+        self, kind: str, *, package: str | None = None, entry_point_group: str | None = None
+    ):
         self.kind = kind
         self._package = package
         self._group = entry_point_group

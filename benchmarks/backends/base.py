@@ -88,14 +88,20 @@ class Backend(ABC):
         return {"backend": self.name, "model": self.model}
 
     @abstractmethod
-    def generate_batch(self, requests: Sequence[GenerateRequest]) -> list[CallResult[list[Completion]]]:
+    def generate_batch(
+        self, requests: Sequence[GenerateRequest]
+    ) -> list[CallResult[list[Completion]]]:
         """Answer each request; the order of results is the order of requests."""
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[CallResult[ScoredText]]:
         raise CapabilityError(f"backend {self.name} ({self.model}) does not offer 'score'")
 
-    def next_token_batch(self, requests: Sequence[NextTokenRequest]) -> list[CallResult[np.ndarray]]:
-        raise CapabilityError(f"backend {self.name} ({self.model}) does not offer 'next_token_logits'")
+    def next_token_batch(
+        self, requests: Sequence[NextTokenRequest]
+    ) -> list[CallResult[np.ndarray]]:
+        raise CapabilityError(
+            f"backend {self.name} ({self.model}) does not offer 'next_token_logits'"
+        )
 
     def vocabulary(self) -> list[str]:
         raise CapabilityError(f"backend {self.name} ({self.model}) has no known vocabulary")
@@ -157,5 +163,3 @@ def parse_capabilities(text: str | Sequence[str] | None) -> frozenset[str] | Non
         if item not in CAPABILITIES:
             raise BenchError(f"unknown capability {item!r}; valid: {', '.join(CAPABILITIES)}")
     return frozenset(items)
-
-

@@ -1,0 +1,336 @@
+"""The black box a tuner sees: a backend behind capability checks, the cache and the meter.
+
+`MeteredBlackBox` implements `methods.BlackBox`. It is bound to one role (task, proposer,
+judge); the meter's current phase (tune, eval) is set by the runner. Every prompt in a batch
+is one call: it is looked up in the cache sample by sample, only the missing samples are sent
+(in one batch to the backend, which runs them concurrently), and one `CallRecord` is written
+per call, flagged `cached` when nothing had to be sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.backends.base import Backend, GenerateRequest, NextTokenRequest, ScoreRequest
+from benchmarks.cache import ResponseCache, cache_key
+from benchmarks.metering import CallRecord, UsageMeter
+from methods.base import (
+    GENERATE,
+    LOGPROBS,
+    NEXT_TOKEN_LOGITS,
+    PROMPT_EMBEDS,
+    SCORE,
+    CapabilityError,
+    Completion,
+    ScoredText,
+)
+from methods.registry import BenchError
+
+
+def completion_to_json(c: Completion) -> dict[str, Any]:
+    return {
+        "text": c.text,
+        "finish_reason": c.finish_reason,
+        "tokens": list(c.tokens) if c.tokens is not None else None,
+        "token_logprobs": list(c.token_logprobs) if c.token_logprobs is not None else None,
+        "top_logprobs": [dict(t) for t in c.top_logprobs] if c.top_logprobs is not None else None,
+    }
+
+
+def completion_from_json(d: dict[str, Any]) -> Completion:
+    return Completion(
+        text=d["text"],
+        finish_reason=d.get("finish_reason", "stop"),
+        tokens=tuple(d["tokens"]) if d.get("tokens") is not None else None,
+        token_logprobs=tuple(d["token_logprobs"]) if d.get("token_logprobs") is not None else None,
+        top_logprobs=tuple(d["top_logprobs"]) if d.get("top_logprobs") is not None else None,
+    )
+
+
+def array_to_json(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def array_from_json(d: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"]).copy()
+
+
+def _split_evenly(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class MeteredBlackBox:
+    """`methods.BlackBox` over a `Backend`, with cache, meter and capability checks."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        meter: UsageMeter,
+        role: str = "task",
+        cache: ResponseCache | None = None,
+    ):
+        self.backend = backend
+        self.meter = meter
+        self.role = role
+        self.cache = cache or ResponseCache(enabled=False)
+        self.model = backend.model
+        self.capabilities = frozenset(backend.capabilities)
+
+    def _require(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            raise CapabilityError(
+                f"{self.backend.name} backend ({self.model}) does not offer {capability!r}; "
+                f"it offers: {', '.join(sorted(self.capabilities))}"
+            )
+
+    def _record(
+        self,
+        kind: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        cached: bool,
+        latency_s: float = 0.0,
+        samples: int = 1,
+        retries: int = 0,
+    ) -> None:
+        self.meter.record(
+            CallRecord(
+                role=self.role,
+                phase=self.meter.phase,
+                model=self.model,
+                kind=kind,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cached=cached,
+                latency_s=latency_s,
+                samples=samples,
+                retries=retries,
+            )
+        )
+
+    # -- generate -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: int | None = None,
+        sample_offset: int = 0,
+    ) -> list[list[Completion]]:
+        self._require(GENERATE)
+        if logprobs is not None:
+            self._require(LOGPROBS)
+        if n < 1:
+            raise BenchError(f"generate: n must be >= 1, got {n}")
+        params = {
+            "temperature": float(temperature),
+            "top_p": float(top_p),
+            "max_tokens": int(max_tokens),
+            "stop": list(stop or []),
+            "seed": seed,
+            "logprobs": logprobs,
+        }
+        ident = self.backend.identity()
+        out: list[list[Completion | None]] = []
+        keys: list[list[str]] = []
+        missing: dict[int, list[int]] = {}  # prompt index -> sample slots not in the cache
+        hit_tokens: list[tuple[int, int, int]] = []  # per prompt: (hits, prompt, completion)
+        for i, prompt in enumerate(prompts):
+            row: list[Completion | None] = []
+            row_keys: list[str] = []
+            hits = prompt_tokens = completion_tokens = 0
+            for j in range(n):
+                key = cache_key(
+                    {
+                        "kind": "generate",
+                        "backend": ident,
+                        "prompt": prompt,
+                        **params,
+                        "sample": sample_offset + j,
+                    }
+                )
+                row_keys.append(key)
+                hit = self.cache.get(key)
+                if hit is None:
+                    row.append(None)
+                    missing.setdefault(i, []).append(j)
+                else:
+                    row.append(completion_from_json(hit["completion"]))
+                    hits += 1
+                    prompt_tokens = int(hit.get("prompt_tokens", 0))
+                    completion_tokens += int(hit.get("completion_tokens", 0))
+            out.append(row)
+            keys.append(row_keys)
+            hit_tokens.append((hits, prompt_tokens, completion_tokens))
+
+        pending = list(missing.items())
+        requests = [
+            GenerateRequest(
+                prompt=prompts[i],
+                n=len(slots),
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                stop=tuple(stop or ()),
+                seed=seed,
+                logprobs=logprobs,
+            )
+            for i, slots in pending
+        ]
+        results = self.backend.generate_batch(requests) if requests else []
+        for (i, slots), result in zip(pending, results, strict=True):
+            if len(result.value) != len(slots):
+                raise BenchError(
+                    f"{self.backend.name}: asked for {len(slots)} samples, got {len(result.value)}"
+                )
+            shares = _split_evenly(result.completion_tokens, len(slots))
+            for j, completion, share in zip(slots, result.value, shares, strict=True):
+                out[i][j] = completion
+                self.cache.put(
+                    keys[i][j],
+                    {
+                        "completion": completion_to_json(completion),
+                        "prompt_tokens": result.prompt_tokens,
+                        "completion_tokens": share,
+                    },
+                    request={"kind": "generate", "model": self.model, "sample": sample_offset + j},
+                )
+            self._record(
+                "generate",
+                result.prompt_tokens,
+                result.completion_tokens,
+                cached=False,
+                latency_s=result.latency_s,
+                samples=len(slots),
+                retries=result.retries,
+            )
+        for i, (hits, prompt_tokens, completion_tokens) in enumerate(hit_tokens):
+            if hits:
+                # The prompt is billed once per call: counted here only if nothing was sent.
+                self._record(
+                    "generate",
+                    0 if i in missing else prompt_tokens,
+                    completion_tokens,
+                    cached=True,
+                    samples=hits,
+                )
+        return [[c for c in row if c is not None] for row in out]
+
+    # -- score ----------------------------------------------------------------------------
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
+        self._require(SCORE)
+        if len(prompts) != len(continuations):
+            raise BenchError("score: prompts and continuations differ in length")
+        ident = self.backend.identity()
+        out: list[ScoredText | None] = []
+        keys, pending = [], []
+        for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+            key = cache_key({"kind": "score", "backend": ident, "prompt": p, "continuation": c})
+            keys.append(key)
+            hit = self.cache.get(key)
+            if hit is None:
+                out.append(None)
+                pending.append(i)
+            else:
+                out.append(ScoredText(tuple(hit["tokens"]), tuple(hit["token_logprobs"])))
+                self._record("score", int(hit["prompt_tokens"]), 0, cached=True)
+        results = (
+            self.backend.score_batch([ScoreRequest(prompts[i], continuations[i]) for i in pending])
+            if pending
+            else []
+        )
+        for i, result in zip(pending, results, strict=True):
+            out[i] = result.value
+            self.cache.put(
+                keys[i],
+                {
+                    "tokens": list(result.value.tokens),
+                    "token_logprobs": list(result.value.token_logprobs),
+                    "prompt_tokens": result.prompt_tokens,
+                },
+                request={"kind": "score", "model": self.model},
+            )
+            self._record(
+                "score",
+                result.prompt_tokens,
+                result.completion_tokens,
+                cached=False,
+                latency_s=result.latency_s,
+                retries=result.retries,
+            )
+        return [s for s in out if s is not None]
+
+    # -- next-token distributions ---------------------------------------------------------
+
+    def next_token_logprobs(
+        self, prompts: Sequence[str], *, soft_prompt: np.ndarray | None = None
+    ) -> np.ndarray:
+        self._require(NEXT_TOKEN_LOGITS)
+        soft_hash = None
+        if soft_prompt is not None:
+            self._require(PROMPT_EMBEDS)
+            soft_prompt = np.ascontiguousarray(soft_prompt, dtype=np.float32)
+            soft_hash = hashlib.sha256(soft_prompt.tobytes()).hexdigest() + str(soft_prompt.shape)
+        ident = self.backend.identity()
+        rows: list[np.ndarray | None] = []
+        keys, pending = [], []
+        for i, p in enumerate(prompts):
+            key = cache_key(
+                {"kind": "next_token", "backend": ident, "prompt": p, "soft": soft_hash}
+            )
+            keys.append(key)
+            hit = self.cache.get(key)
+            if hit is None:
+                rows.append(None)
+                pending.append(i)
+            else:
+                rows.append(array_from_json(hit["logprobs"]))
+                self._record("next_token", int(hit["prompt_tokens"]), 0, cached=True)
+        results = (
+            self.backend.next_token_batch(
+                [NextTokenRequest(prompts[i], soft_prompt) for i in pending]
+            )
+            if pending
+            else []
+        )
+        for i, result in zip(pending, results, strict=True):
+            rows[i] = np.asarray(result.value, dtype=np.float32)
+            self.cache.put(
+                keys[i],
+                {"logprobs": array_to_json(rows[i]), "prompt_tokens": result.prompt_tokens},
+                request={"kind": "next_token", "model": self.model},
+            )
+            self._record(
+                "next_token",
+                result.prompt_tokens,
+                0,
+                cached=False,
+                latency_s=result.latency_s,
+                retries=result.retries,
+            )
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([r for r in rows if r is not None])
+
+    def vocabulary(self) -> list[str]:
+        return self.backend.vocabulary()
+
+    def embedding_stats(self) -> tuple[int, float, float]:
+        self._require(PROMPT_EMBEDS)
+        return self.backend.embedding_stats()

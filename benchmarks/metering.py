@@ -1,0 +1,255 @@
+"""Metering: every model call and every stretch of white-box compute, recorded and priced.
+
+Each call is a `CallRecord` (role, phase, tokens, cached or not, latency, retries). Totals
+come in two flavours: *billed* (cache hits excluded: what this run paid) and *idealized*
+(cache hits counted: what the method costs from a cold start), split by phase and role.
+Dollars come from a versioned price table; a model without a price is n/a, never 0.
+White-box work is timed with CUDA events on GPU and as process CPU seconds otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from methods.registry import BenchError
+
+Role = Literal["task", "proposer", "judge"]
+Phase = Literal["tune", "eval"]
+ROLES: tuple[str, ...] = ("task", "proposer", "judge")
+PHASES: tuple[str, ...] = ("tune", "eval")
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call as the meter saw it."""
+
+    role: str
+    phase: str
+    model: str
+    kind: str  # generate | score | next_token
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    latency_s: float
+    samples: int = 1
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class ComputeRecord:
+    """One stretch of white-box work."""
+
+    phase: str
+    label: str
+    device: str  # "cuda" or "cpu"
+    seconds: float  # GPU seconds (CUDA events) on cuda, process CPU seconds on cpu
+    wall_s: float
+    peak_mem_mb: float
+
+
+@dataclass
+class UsageTotals:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, rec: CallRecord) -> None:
+        self.calls += 1
+        self.prompt_tokens += rec.prompt_tokens
+        self.completion_tokens += rec.completion_tokens
+        self.retries += rec.retries
+
+
+class PriceTable:
+    """Dollars per million tokens by model, from a YAML file (default: the bundled table)."""
+
+    def __init__(self, path: Path | None = None):
+        text = (
+            path.read_text(encoding="utf-8")
+            if path is not None
+            else resources.files("benchmarks").joinpath("prices.yaml").read_text(encoding="utf-8")
+        )
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise BenchError(f"price table {path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+            raise BenchError(f"price table {path}: expected a mapping with a 'models' mapping")
+        self.version = str(data.get("version", "unversioned"))
+        self.models: dict[str, tuple[float, float]] = {}
+        for name, entry in (data.get("models") or {}).items():
+            try:
+                self.models[str(name)] = (
+                    float(entry["input_per_mtok"]),
+                    float(entry["output_per_mtok"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BenchError(
+                    f"price table {path}: model {name!r} needs input_per_mtok and output_per_mtok"
+                ) from exc
+
+    def has(self, model: str) -> bool:
+        return model in self.models
+
+    def dollars(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The price of the tokens, or None when the model has no price."""
+        if model not in self.models:
+            return None
+        pin, pout = self.models[model]
+        return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+
+class UsageMeter:
+    """Collects call and compute records for one grid cell; thread-safe."""
+
+    def __init__(self, prices: PriceTable | None = None, device: str | None = None):
+        self.prices = prices or PriceTable()
+        self.calls: list[CallRecord] = []
+        self.computes: list[ComputeRecord] = []
+        self.phase: str = "tune"
+        self._lock = threading.Lock()
+        self.device = device or _default_device()
+
+    def record(self, rec: CallRecord) -> None:
+        with self._lock:
+            self.calls.append(rec)
+
+    @contextlib.contextmanager
+    def compute(self, label: str) -> Iterator[None]:
+        """Time white-box work in the current phase (CUDA events on GPU, CPU seconds else)."""
+        device = self.device
+        wall0 = time.perf_counter()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                torch.cuda.synchronize()
+                seconds = start.elapsed_time(end) / 1000.0
+                peak = torch.cuda.max_memory_allocated() / 2**20
+                self._add_compute(label, device, seconds, wall0, peak)
+        else:
+            cpu0 = time.process_time()
+            try:
+                yield
+            finally:
+                seconds = time.process_time() - cpu0
+                # ru_maxrss is the process high-water mark (KiB on Linux), not this block's.
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                self._add_compute(label, device, seconds, wall0, peak)
+
+    def _add_compute(
+        self, label: str, device: str, seconds: float, wall0: float, peak: float
+    ) -> None:
+        rec = ComputeRecord(
+            self.phase, label, device, seconds, time.perf_counter() - wall0, round(peak, 1)
+        )
+        with self._lock:
+            self.computes.append(rec)
+
+    def summary(self) -> dict[str, Any]:
+        """Billed and idealized usage by phase and role, dollars, and compute, as JSON."""
+        with self._lock:
+            calls, computes = list(self.calls), list(self.computes)
+        return summarize(calls, computes, self.prices)
+
+
+def summarize(
+    calls: Iterable[CallRecord], computes: Iterable[ComputeRecord], prices: PriceTable
+) -> dict[str, Any]:
+    calls = list(calls)
+    out: dict[str, Any] = {"price_table": prices.version, "billed": {}, "idealized": {}}
+    for flavour in ("billed", "idealized"):
+        for phase in PHASES:
+            block: dict[str, Any] = {}
+            for role in ROLES:
+                chosen = [
+                    c
+                    for c in calls
+                    if c.phase == phase
+                    and c.role == role
+                    and (flavour == "idealized" or not c.cached)
+                ]
+                if not chosen:
+                    continue
+                totals = UsageTotals()
+                for c in chosen:
+                    totals.add(c)
+                block[role] = {
+                    "calls": totals.calls,
+                    "prompt_tokens": totals.prompt_tokens,
+                    "completion_tokens": totals.completion_tokens,
+                    "tokens": totals.tokens,
+                    "retries": totals.retries,
+                    "usd": _dollars(chosen, prices),
+                }
+            out[flavour][phase] = block
+    out["cache_hits"] = sum(1 for c in calls if c.cached)
+    out["calls"] = len(calls)
+    out["retries"] = sum(c.retries for c in calls)
+    out["latency_s"] = round(sum(c.latency_s for c in calls if not c.cached), 3)
+    out["compute"] = _compute_summary(list(computes))
+    return out
+
+
+def _dollars(calls: list[CallRecord], prices: PriceTable) -> float | None:
+    total = 0.0
+    for c in calls:
+        usd = prices.dollars(c.model, c.prompt_tokens, c.completion_tokens)
+        if usd is None:
+            return None  # one unpriced model makes the sum unknown, not smaller
+        total += usd
+    return round(total, 6)
+
+
+def _compute_summary(computes: list[ComputeRecord]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for phase in PHASES:
+        recs = [c for c in computes if c.phase == phase]
+        if recs:
+            out[phase] = {
+                "seconds": round(sum(c.seconds for c in recs), 4),
+                "wall_s": round(sum(c.wall_s for c in recs), 4),
+                "device": recs[0].device,
+                "peak_mem_mb": max(c.peak_mem_mb for c in recs),
+                "blocks": [asdict(c) for c in recs],
+            }
+    return out
+
+
+def total_tokens(summary: dict[str, Any], flavour: str = "billed", phase: str | None = None) -> int:
+    """Tokens in a `summarize` result, all roles, one phase or both."""
+    phases = [phase] if phase else list(PHASES)
+    return sum(
+        role["tokens"] for p in phases for role in summary.get(flavour, {}).get(p, {}).values()
+    )
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "cpu"

@@ -1,0 +1,213 @@
+"""Run directories and the versioned result record.
+
+``results/<run-id>/`` holds everything a report needs, so reports never re-run anything:
+
+- ``run.json``: the run spec (no secrets) and provenance (git hash, package versions);
+- ``cells/<cell-id>.json``: one `CellRecord` per (method, task, backend, model, seed);
+- ``predictions/<cell-id>.jsonl``: per-example output, extracted answer, gold and score;
+- ``artifacts/<cell-id>/``: the adapted policy (``policy.json`` and any safetensors).
+
+Every file is written to a temporary name, flushed to disk and renamed into place, so a
+crash leaves either the old file or the new one, never half of one; a later failure never
+touches a finished cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from methods.registry import BenchError
+
+SCHEMA_VERSION = 1
+CellStatus = Literal["ok", "refused", "failed", "budget_exhausted"]
+
+
+class CellRecord(BaseModel):
+    """The result of one grid cell."""
+
+    schema_version: int = SCHEMA_VERSION
+    """Bumped when a field changes meaning."""
+    cell_id: str
+    """``method__task__backend__model__s<seed>``, file-name safe."""
+    method: str
+    task: str
+    backend: str
+    model: str
+    seed: int
+    budget: str
+    """The budget preset the tuner ran with (light, medium, heavy, paper)."""
+    status: CellStatus
+    """ok; refused (the backend lacks a capability, nothing was spent); failed; or
+    budget_exhausted (stopped by a spending limit, finished work kept)."""
+    reason: str | None = None
+    """Why a cell was refused or failed, one line."""
+    requires: list[str] = Field(default_factory=list)
+    """Capabilities the method needs."""
+    accuracy: float | None = None
+    """Mean task score over the evaluated examples."""
+    n_eval: int = 0
+    """Examples evaluated."""
+    usage: dict[str, Any] = Field(default_factory=dict)
+    """`benchmarks.metering.summarize` output: billed and idealized tokens and dollars by
+    phase and role, cache hits, retries, latency, and white-box compute by phase."""
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    """The tuner's config after the budget preset and overrides."""
+    variant: str | None = None
+    """A method's self-reported variant (e.g. label parsed from text vs by likelihood)."""
+    wall_s: dict[str, float] = Field(default_factory=dict)
+    """Wall seconds of the tune and eval phases."""
+    task_hash: str | None = None
+    """Fingerprint of the task's examples and template."""
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    """git hash, package versions, python, platform."""
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def cell_id(method: str, task: str, backend: str, model: str, seed: int) -> str:
+    raw = f"{method}__{task}__{backend}__{Path(model).name or model}__s{seed}"
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", raw)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+class RunStore:
+    """One run directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    def exists(self) -> bool:
+        return (self.root / "run.json").exists()
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        write_atomic(self.root / "run.json", json.dumps(spec, indent=2, ensure_ascii=False))
+
+    def read_spec(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / "run.json").read_text(encoding="utf-8")))
+
+    def cell_path(self, cid: str) -> Path:
+        return self.root / "cells" / f"{cid}.json"
+
+    def read_cell(self, cid: str) -> CellRecord | None:
+        path = self.cell_path(cid)
+        if not path.exists():
+            return None
+        return CellRecord.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def write_cell(self, record: CellRecord, predictions: Iterable[dict[str, Any]] = ()) -> None:
+        """Predictions first, then the record: a record on disk means its cell is complete."""
+        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+        if lines:
+            write_atomic(self.root / "predictions" / f"{record.cell_id}.jsonl", lines)
+        write_atomic(self.cell_path(record.cell_id), record.model_dump_json(indent=2))
+
+    def cells(self) -> list[CellRecord]:
+        folder = self.root / "cells"
+        if not folder.is_dir():
+            return []
+        return [
+            CellRecord.model_validate_json(p.read_text(encoding="utf-8"))
+            for p in sorted(folder.glob("*.json"))
+        ]
+
+    def predictions(self, cid: str) -> list[dict[str, Any]]:
+        path = self.root / "predictions" / f"{cid}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def artifact_dir(self, cid: str) -> Path:
+        return self.root / "artifacts" / cid
+
+
+def open_run(path: Path | str) -> RunStore:
+    """A run directory that exists (for reports), with a clear error otherwise."""
+    store = RunStore(Path(path))
+    if not store.exists():
+        raise BenchError(f"{path}: not a run directory (no run.json)")
+    return store
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+
+
+def provenance() -> dict[str, Any]:
+    """git hash, package versions and platform, for every record."""
+    versions = {}
+    for pkg in (
+        "blackbox-bench",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "openai",
+        "datasets",
+        "numpy",
+        "cma",
+        "nevergrad",
+    ):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "git": _git_hash(),
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def _git_hash() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

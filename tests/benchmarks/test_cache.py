@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+from benchmarks.cache import ResponseCache, cache_key
+
+
+def test_key_is_canonical_and_sample_aware() -> None:
+    a = cache_key({"prompt": "x", "temperature": 1.0, "sample": 0})
+    b = cache_key({"temperature": 1.0, "sample": 0, "prompt": "x"})
+    c = cache_key({"prompt": "x", "temperature": 1.0, "sample": 1})
+    assert a == b
+    assert a != c
+
+
+def test_put_get_stats_clear(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c")
+    assert cache.get("ab" * 32) is None
+    cache.put("ab" * 32, {"v": 1}, request={"prompt": "p"})
+    assert cache.get("ab" * 32) == {"v": 1}
+    stats = cache.stats()
+    assert stats.entries == 1 and stats.bytes > 0
+    assert cache.clear() == 1
+    assert cache.stats().entries == 0
+
+
+def test_damaged_entry_is_a_miss(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    key = "cd" * 32
+    cache.put(key, {"v": 1})
+    (tmp_path / key[:2] / f"{key}.json").write_text('{"value": ', encoding="utf-8")
+    assert cache.get(key) is None
+
+
+def test_disabled_cache_stores_nothing(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path, enabled=False)
+    cache.put("ef" * 32, {"v": 1})
+    assert cache.get("ef" * 32) is None
+    assert cache.stats().entries == 0
+
+
+def _writer(root: str, worker: int) -> None:
+    cache = ResponseCache(root)
+    for i in range(200):
+        key = cache_key({"i": i % 50})  # all workers hammer the same 50 keys
+        cache.put(key, {"i": i % 50, "worker": worker})
+        value = cache.get(key)
+        assert value is not None and value["i"] == i % 50
+
+
+def test_concurrent_processes_never_see_partial_entries(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    cache = ResponseCache(tmp_path)
+    assert cache.stats().entries == 50
+    assert not list(tmp_path.glob("*/.tmp-*"))

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from benchmarks.tasks.base import Task
+from methods import Example, TuneContext, get_method
+
+
+class _Labels(Task):
+    name = "labels"
+    kind = "classification"
+    labels = ("neg", "pos")
+    instructions = ("Classify.", "Label it.")
+
+    def load_split(self, split):  # type: ignore[no-untyped-def]
+        # 30 negatives, 10 positives: an unbalanced draw would favour "neg".
+        return [Example(f"{split}{i}", f"text {i}", "neg" if i < 30 else "pos") for i in range(40)]
+
+    def extract(self, text: str, example: Example) -> str | None:
+        return text.strip() or None
+
+
+def test_few_shot_is_seeded_and_balanced() -> None:
+    task = _Labels()
+    train = task.examples("train")
+    tuner = get_method("few-shot").from_budget("light")  # k = 4
+    a = tuner.fit(train, task=task, backend=None, context=TuneContext(seed=0))  # type: ignore[arg-type]
+    b = tuner.fit(train, task=task, backend=None, context=TuneContext(seed=0))  # type: ignore[arg-type]
+    c = tuner.fit(train, task=task, backend=None, context=TuneContext(seed=1))  # type: ignore[arg-type]
+    assert a.demos == b.demos  # type: ignore[attr-defined]
+    assert a.demos != c.demos  # type: ignore[attr-defined]
+    assert Counter(d.target for d in a.demos) == {"neg": 2, "pos": 2}  # type: ignore[attr-defined]
+    assert a.instruction == "Classify."  # type: ignore[attr-defined]
+    prompt = a.prompt(train[0], task)  # type: ignore[attr-defined]
+    assert prompt.startswith("Classify.") and prompt.count("A:") == 5
+
+
+def test_few_shot_plan_projects_longer_prompts_than_zero_shot() -> None:
+    task = _Labels()
+    train, dev = task.examples("train"), task.examples("dev")
+    few = get_method("few-shot").from_budget("medium").plan(task=task, train=train, dev=dev)
+    zero = get_method("zero-shot").from_budget("medium").plan(task=task, train=train, dev=dev)
+    assert few.calls == 0 and zero.calls == 0
+    assert few.eval_prompt is not None and few.eval_prompt.count("A:") == 9
+    assert zero.eval_prompt is None
+
+
+def test_zero_shot_uses_default_or_bare_instruction() -> None:
+    task = _Labels()
+    train = task.examples("train")
+    policy = get_method("zero-shot")().fit(train, task=task, backend=None)  # type: ignore[arg-type]
+    assert policy.instruction == "Classify."  # type: ignore[attr-defined]
+    bare = get_method("zero-shot")(bare=True).fit(train, task=task, backend=None)  # type: ignore[arg-type]
+    assert bare.instruction is None  # type: ignore[attr-defined]
