@@ -507,4 +507,6 @@ def get_method(name: str) -> type[BlackBoxTuner]:
     cls = methods.get(name)
     if not (isinstance(cls, type) and issubclass(cls, BlackBoxTuner)):
         raise BenchError(f"method {name!r} does not name a BlackBoxTuner subclass")
+    if not cls.name:  # an entry-point plugin without the decorator takes its entry-point name
+        cls.name = name
     return cls

@@ -156,7 +156,10 @@ def register_task(name: str, *aliases: str) -> Callable[[type[Task]], type[Task]
 
 def get_task(name: str, **kwargs: Any) -> Task:
     """An instance of the task registered as ``name``."""
-    return tasks.get(name)(**kwargs)
+    cls = tasks.get(name)
+    if not cls.name:  # an entry-point plugin without the decorator
+        cls.name = name
+    return cls(**kwargs)
 
 
 # -- loading helpers ----------------------------------------------------------------------
@@ -172,10 +175,16 @@ def read_rows(path: Path, *, required: Iterable[str] = ()) -> list[dict[str, Any
     """
     fmt = _FORMATS.get(path.suffix)
     if fmt is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; valid: {', '.join(_FORMATS)}")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; valid: {', '.join(_FORMATS)}"
+        )
     if not path.exists():
         raise DataError(f"{path}: file not found")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+    if fmt == "csv":
+        # only an empty cell is missing: pandas would also read "NA", "null", "None" as missing
+        kwargs.update(keep_default_na=False, na_values=[""])
+        _check_utf8(path)
     if path.suffix == ".jsonl":
         _check_jsonl(path)
     elif path.suffix == ".json":
@@ -187,19 +196,27 @@ def read_rows(path: Path, *, required: Iterable[str] = ()) -> list[dict[str, Any
         datasets.logging.set_verbosity_error()
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as exc:
-        raise DataError(f"{path}: could not be read as {path.suffix[1:]} ({_first_line(exc)})") from exc
+        raise DataError(
+            f"{path}: could not be read as {path.suffix[1:]} ({_first_line(exc)})"
+        ) from exc
     rows = ds.to_list()
     required = list(required)
     for i, row in enumerate(rows):
         missing = [k for k in required if row.get(k) is None]
         if missing:
             # json arrays: row i is element i; jsonl: line i+1; csv/tsv: line i+2 (header).
-            where = f"row {i + 1}" if path.suffix == ".json" else f"line {i + (2 if fmt == 'csv' else 1)}"
+            where = (
+                f"row {i + 1}"
+                if path.suffix == ".json"
+                else f"line {i + (2 if fmt == 'csv' else 1)}"
+            )
             raise DataError(f"{path}:{where}: missing field(s) {', '.join(missing)}")
     return rows
 
 
 def _first_line(exc: BaseException) -> str:
+    while exc.__cause__ is not None:  # datasets wraps the parser's error (which names the line)
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -218,14 +235,23 @@ def _check_jsonl(path: Path) -> None:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from exc
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+
+
+def _check_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno}: not UTF-8 ({exc.reason})") from exc
 
 
 def _check_json(path: Path) -> None:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 ({exc.reason})") from exc
+        data = json.loads(_check_utf8(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
     if not isinstance(data, list):

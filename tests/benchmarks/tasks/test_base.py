@@ -1,0 +1,169 @@
+"""The loading and answer helpers of benchmarks/tasks/base.py, on small generated files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.tasks.base import (
+    DataError,
+    extract_final_number,
+    normalize_number,
+    read_rows,
+    split_holdout,
+    stable_shuffle,
+)
+from methods.base import Example
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+# -- read_rows ----------------------------------------------------------------------------
+
+
+def test_read_rows_reads_every_format(tmp_path: Path) -> None:
+    files = {
+        "a.jsonl": '{"q": "x", "n": 1}\n{"q": "y", "n": 2}\n',
+        "a.json": '[{"q": "x", "n": 1}, {"q": "y", "n": 2}]',
+        "a.csv": "q,n\nx,1\ny,2\n",
+        "a.tsv": "q\tn\nx\t1\ny\t2\n",
+    }
+    for name, content in files.items():
+        rows = read_rows(write(tmp_path, name, content), required=("q", "n"))
+        assert rows == [{"q": "x", "n": 1}, {"q": "y", "n": 2}], name
+
+
+def test_read_rows_parses_csv_quoting_and_keeps_na_like_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "q.tsv", 'text\tlabel\n"a ""quoted"" word"\t1\nNA\t0\nnull\t1\n')
+    rows = read_rows(path, required=("text", "label"))
+    assert [r["text"] for r in rows] == ['a "quoted" word', "NA", "null"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("bad.jsonl", '{"q": 1}\n{"q": 2\n', ":2: malformed JSON"),
+        ("bad.jsonl", '{"q": 1}\n[1, 2]\n', ":2: expected a JSON object"),
+        ("bad.json", '[{"q": 1},\n {"q": 2,}\n]', ":2: malformed JSON"),
+        ("bad.csv", "q,n\n1,2\n3,4,5\n", "line 3"),
+        ("bad.tsv", "q\tn\n1\t2\n3\t4\t5\n", "line 3"),
+    ],
+)
+def test_read_rows_malformed_row_names_file_and_line(
+    tmp_path: Path, name: str, content: str, where: str
+) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError, match=str(path)) as info:
+        read_rows(path)
+    assert where in str(info.value)
+
+
+def test_read_rows_json_must_be_an_array(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="expected a JSON array"):
+        read_rows(write(tmp_path, "obj.json", '{"q": 1}'))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("m.jsonl", '{"q": 1}\n{"p": 2}\n', ":line 2: missing field(s) q"),
+        ("m.json", '[{"q": 1}, {"p": 2}]', ":row 2: missing field(s) q"),
+        ("m.csv", "q,p\n1,2\n,3\n", ":line 3: missing field(s) q"),
+        ("m.tsv", "q\tp\n1\t2\n\t3\n", ":line 3: missing field(s) q"),
+    ],
+)
+def test_read_rows_missing_required_field(
+    tmp_path: Path, name: str, content: str, where: str
+) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError) as info:
+        read_rows(path, required=("q",))
+    assert str(info.value) == f"{path}{where}"
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("l.jsonl", b'{"q": "ok"}\n{"q": "caf\xe9"}\n'),
+        ("l.json", b'[{"q": "ok"},\n {"q": "caf\xe9"}]'),
+        ("l.csv", b"q\ncaf\xe9\nok\n"),
+        ("l.tsv", b"q\ncaf\xe9\nok\n"),
+    ],
+)
+def test_read_rows_not_utf8_names_file_and_line(tmp_path: Path, name: str, content: bytes) -> None:
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError) as info:
+        read_rows(path)
+    assert str(info.value).startswith(f"{path}:2: not UTF-8")
+
+
+def test_read_rows_unsupported_extension_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt'; valid: \.json"):
+        read_rows(write(tmp_path, "a.txt", "x"))
+    with pytest.raises(DataError, match="file not found"):
+        read_rows(tmp_path / "absent.jsonl")
+
+
+# -- answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("1,234", "1234"),
+        ("3.50", "3.5"),
+        ("-2", "-2"),
+        ("18.", "18"),
+        (" 7 ", "7"),
+        ("2.0", "2"),
+        ("abc", None),
+        ("", None),
+        ("nan", None),
+        ("inf", None),
+    ],
+)
+def test_normalize_number(text: str, number: str | None) -> None:
+    assert normalize_number(text) == number
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("3 + 4 = 7\n#### 7", "7"),
+        ("#### 2,125", "2125"),
+        ("The loss is 5.\n#### -5", "-5"),
+        ("so she earns $18 a day.", "18"),  # no marker: the last number
+        ("#### 4 apples, not 5", "4"),  # the first number after the last marker
+        ("#### 3\nwait, redo\n#### 12", "12"),
+        ("#### none\nthe answer is 9", "9"),  # marker without a number: the last number
+        ("I cannot tell.", None),
+    ],
+)
+def test_extract_final_number(text: str, number: str | None) -> None:
+    assert extract_final_number(text) == number
+
+
+# -- splitting and shuffling --------------------------------------------------------------
+
+
+def test_split_holdout_is_deterministic_and_disjoint() -> None:
+    examples = [Example(id=str(i), input=f"q{i}", target=str(i)) for i in range(100)]
+    rest, held = split_holdout(examples, fraction=0.2, seed=3)
+    assert (rest, held) == split_holdout(examples, fraction=0.2, seed=3)
+    assert len(held) == 20 and len(rest) == 80
+    assert {e.id for e in rest}.isdisjoint(e.id for e in held)
+    assert [e.id for e in held] == sorted((e.id for e in held), key=int)  # file order kept
+    assert held != split_holdout(examples, fraction=0.2, seed=4)[1]
+
+
+def test_stable_shuffle_is_a_fixed_permutation() -> None:
+    items = list("abcdefgh")
+    shuffled = stable_shuffle(items, key="question")
+    assert shuffled == stable_shuffle(items, key="question")
+    assert sorted(shuffled) == items
+    assert any(stable_shuffle(items, key=f"q{i}") != items for i in range(5))

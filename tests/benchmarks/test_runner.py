@@ -1,0 +1,306 @@
+"""End to end: `bench run` through the real `openai` client against the project's server on
+127.0.0.1, hosting a tiny randomly initialised model; records, cache replay, refusal of
+incompatible pairs, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.results import RunStore
+from benchmarks.server import start_server
+from benchmarks.tiny import tiny_model_dir
+from methods import PROMPT_EMBEDS, BlackBoxTuner, PromptPolicy, register_method
+
+
+@dataclass(frozen=True)
+class _NeedsEmbedsConfig:
+    #: nothing to tune; the method exists to be refused.
+    unused: int = 0
+
+
+@register_method("test-needs-embeds")
+class NeedsEmbeds(BlackBoxTuner):
+    """A method that needs soft-prompt input (test fixture for refusal)."""
+
+    requires = frozenset({"generate", PROMPT_EMBEDS})
+    Config = _NeedsEmbedsConfig
+
+    def fit(self, train, *, task, backend, dev=None, proposer=None, context=None):  # type: ignore[no-untyped-def]
+        raise AssertionError("a refused method must never be fitted")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[str]:
+    with start_server(model_dir, model_name="tiny") as handle:
+        yield handle.base_url
+
+
+def _run(tmp: Path, url: str, *extra: str) -> int:
+    return main(
+        [
+            "run",
+            "--methods",
+            "zero-shot,few-shot",
+            "--tasks",
+            "zoo-sentiment",
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            "--api",
+            "completions",
+            "--model",
+            "tiny",
+            "--seeds",
+            "0,1",
+            "--limit",
+            "6",
+            "--budget",
+            "light",
+            "--results-dir",
+            str(tmp / "results"),
+            "--cache-dir",
+            str(tmp / "cache"),
+            *extra,
+        ]
+    )
+
+
+def _billed(usage: dict) -> int:
+    return sum(r["tokens"] for p in usage["billed"].values() for r in p.values())
+
+
+def test_run_writes_records_and_replays_from_cache(tmp_path: Path, server: str) -> None:
+    assert _run(tmp_path, server, "--run-id", "first") == 0
+    first = RunStore(tmp_path / "results" / "first")
+    spec = first.read_spec()
+    assert spec["config"]["backend"]["backend"] == "openai"
+    assert spec["provenance"]["versions"]["openai"]
+    cells = first.cells()
+    assert sorted((c.method, c.seed) for c in cells) == [
+        ("few-shot", 0),
+        ("few-shot", 1),
+        ("zero-shot", 0),
+        ("zero-shot", 1),
+    ]
+    for c in cells:
+        assert c.status == "ok" and c.n_eval == 6 and c.accuracy is not None
+        assert c.usage["billed"]["eval"]["task"]["calls"] == 6
+        assert c.usage["billed"]["eval"]["task"]["prompt_tokens"] > 0
+        assert c.task_hash and c.provenance["versions"]["torch"]
+        assert len(first.predictions(c.cell_id)) == 6
+        assert (first.artifact_dir(c.cell_id) / "policy.json").exists()
+    few = next(c for c in cells if c.method == "few-shot" and c.seed == 0)
+    zero = next(c for c in cells if c.method == "zero-shot" and c.seed == 0)
+    # Demonstrations cost inference tokens: the leaderboard's point.
+    assert (
+        few.usage["billed"]["eval"]["task"]["prompt_tokens"]
+        > zero.usage["billed"]["eval"]["task"]["prompt_tokens"]
+    )
+
+    assert _run(tmp_path, server, "--run-id", "second") == 0
+    second = RunStore(tmp_path / "results" / "second")
+    for a, b in zip(first.cells(), second.cells(), strict=True):
+        assert a.cell_id == b.cell_id
+        assert b.accuracy == a.accuracy
+        assert _billed(b.usage) == 0
+        assert b.usage["cache_hits"] == b.usage["calls"] > 0
+        # idealized totals still count what the method costs from a cold start
+        assert (
+            b.usage["idealized"]["eval"]["task"]["tokens"]
+            == a.usage["billed"]["eval"]["task"]["tokens"]
+        )
+        assert first.predictions(a.cell_id) == second.predictions(b.cell_id)
+
+
+def test_incompatible_pair_is_refused_before_spending(tmp_path: Path, server: str) -> None:
+    code = main(
+        [
+            "run",
+            "--methods",
+            "test-needs-embeds",
+            "--tasks",
+            "zoo-sentiment",
+            "--backend",
+            "openai",
+            "--base-url",
+            server,
+            "--api",
+            "chat",
+            "--model",
+            "tiny",
+            "--limit",
+            "3",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--run-id",
+            "x",
+        ]
+    )
+    assert code == 0
+    (cell,) = RunStore(tmp_path / "r" / "x").cells()
+    assert cell.status == "refused"
+    assert cell.reason == "needs prompt_embeds"
+    assert cell.usage == {}
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.json"))
+
+
+def test_resume_skips_finished_cells(tmp_path: Path, server: str) -> None:
+    assert _run(tmp_path, server, "--run-id", "r1") == 0
+    store = RunStore(tmp_path / "results" / "r1")
+    before = {c.cell_id: c for c in store.cells()}
+    victim = sorted(before)[0]
+    store.cell_path(victim).unlink()
+    assert _run(tmp_path, server, "--run-id", "r1", "--resume") == 0
+    after = {c.cell_id: c for c in store.cells()}
+    assert set(after) == set(before)
+    for cid, rec in after.items():
+        if cid != victim:
+            assert rec.created_at == before[cid].created_at  # untouched
+    assert after[victim].accuracy == before[victim].accuracy
+    # Starting a run under an existing id without --resume is refused, nothing overwritten.
+    assert _run(tmp_path, server, "--run-id", "r1") == 2
+    assert {c.cell_id: c.created_at for c in store.cells()} == {
+        k: v.created_at for k, v in after.items()
+    }
+
+
+def test_dry_run_projects_and_writes_nothing(
+    tmp_path: Path, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(tmp_path, server, "--dry-run", "--run-id", "dry") == 0
+    err = capsys.readouterr().err
+    assert "projected:" in err and "n/a" in err  # the local model has no price
+    assert not (tmp_path / "results" / "dry").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--methods", "zero-shoot"], "did you mean 'zero-shot'"),
+        (["--tasks", "zoo-sentimnt"], "did you mean 'zoo-sentiment'"),
+        (["--backend", "opnai", "--model", "m"], "did you mean 'openai'"),
+        (["--seeds", "a,b"], "seeds must be integers"),
+        (["--limit", "0"], "expected a positive integer"),
+        (["--budget", "huge"], "invalid choice"),
+        (["--set", "few-shot.kk=3"], "valid: k, balanced, with_instruction"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    tmp_path: Path, server: str, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    base = {
+        "--methods": "zero-shot,few-shot",
+        "--tasks": "zoo-sentiment",
+        "--backend": "openai",
+        "--model": "tiny",
+    }
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = [
+        "run",
+        *[x for kv in base.items() for x in kv],
+        "--base-url",
+        server,
+        "--api",
+        "completions",
+        "--results-dir",
+        str(tmp_path / "r"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--limit",
+        base.get("--limit", "2"),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+    assert not any((tmp_path / "r").rglob("*.json"))
+
+
+def test_missing_api_key_is_reported_before_spending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code = main(
+        [
+            "run",
+            "--methods",
+            "zero-shot",
+            "--tasks",
+            "zoo-sentiment",
+            "--backend",
+            "openai",
+            "--model",
+            "gpt-4o-mini",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--limit",
+            "2",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no API key" in err and "OPENAI_API_KEY" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_reads_results_only(tmp_path: Path, server: str) -> None:
+    assert _run(tmp_path, server, "--run-id", "rep") == 0
+    assert (
+        main(["report", str(tmp_path / "results" / "rep"), "--out", str(tmp_path / "reports")]) == 0
+    )
+    text = (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "## zoo-sentiment" in text
+    assert "| few-shot |" in text and "| zero-shot |" in text
+    assert "+0.000" in text  # zero-shot's gain over itself
+
+
+def test_hf_backend_runs_in_process(tmp_path: Path, model_dir: Path) -> None:
+    code = main(
+        [
+            "run",
+            "--methods",
+            "zero-shot",
+            "--tasks",
+            "zoo-sentiment",
+            "--backend",
+            "hf",
+            "--model",
+            str(model_dir),
+            "--limit",
+            "3",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--run-id",
+            "hf",
+        ]
+    )
+    assert code == 0
+    (cell,) = RunStore(tmp_path / "r" / "hf").cells()
+    assert cell.status == "ok" and cell.n_eval == 3
+    preds = [
+        json.loads(l)
+        for l in (tmp_path / "r" / "hf" / "predictions" / f"{cell.cell_id}.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert len(preds) == 3
