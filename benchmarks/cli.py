@@ -309,12 +309,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"{name:24} needs: {needs:40} {doc}")
     elif args.what == "tasks":
         for name in tasks.names():
-            cls = tasks.get(name)
-            print(f"{name:18} {cls.kind:16} {cls.description}")
+            task_cls = tasks.get(name)
+            print(f"{name:18} {task_cls.kind:16} {task_cls.description}")
     else:
         for name in backends.names():
-            cls = backends.get(name)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            factory = backends.get(name)
+            doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
             print(f"{name:12} {doc}")
     return 0
 

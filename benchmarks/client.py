@@ -310,10 +310,11 @@ class MeteredBlackBox:
             else []
         )
         for i, result in zip(pending, results, strict=True):
-            rows[i] = np.asarray(result.value, dtype=np.float32)
+            row = np.asarray(result.value, dtype=np.float32)
+            rows[i] = row
             self.cache.put(
                 keys[i],
-                {"logprobs": array_to_json(rows[i]), "prompt_tokens": result.prompt_tokens},
+                {"logprobs": array_to_json(row), "prompt_tokens": result.prompt_tokens},
                 request={"kind": "next_token", "model": self.model},
             )
             self._record(

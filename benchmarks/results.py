@@ -169,7 +169,7 @@ def new_run_id() -> str:
 
 def provenance() -> dict[str, Any]:
     """git hash, package versions and platform, for every record."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in (
         "blackbox-bench",
         "torch",

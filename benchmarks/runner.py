@@ -326,7 +326,7 @@ class Runner:
 
     def _run_cell(self, cell: PlannedCell, store: RunStore) -> CellRecord:
         cfg = self.config
-        base = {
+        base: dict[str, Any] = {
             "cell_id": cell.cid,
             "method": cell.method,
             "task": cell.task,
@@ -373,7 +373,7 @@ class Runner:
             policy.save(store.artifact_dir(cell.cid))
             meter.phase = "eval"
             t0 = time.perf_counter()
-            rows = []
+            rows: list[dict[str, Any]] = []
             for batch in _batches(splits["test"], EVAL_BATCH):
                 for ex, pred in zip(
                     batch, policy.predict(batch, task=task, backend=black_box), strict=True

@@ -109,15 +109,31 @@ TaskKind = Literal["generation", "classification", "multiple_choice"]
 class TaskLike(Protocol):
     """What a tuner may know about a task: how to prompt, parse and score it."""
 
-    name: str
-    kind: TaskKind
-    #: verbalizer words for classification tasks, in label order; None otherwise.
-    labels: tuple[str, ...] | None
-    #: hand-written instructions to start instruction search from; [0] is the default.
-    instructions: tuple[str, ...]
-    #: generation settings for an answer.
-    max_tokens: int
-    stop: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> TaskKind: ...
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """Verbalizer words for classification tasks, in label order; None otherwise."""
+        ...
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        """Hand-written instructions to start instruction search from; [0] is the default."""
+        ...
+
+    @property
+    def max_tokens(self) -> int:
+        """Generation length for an answer."""
+        ...
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop sequences for an answer."""
+        ...
 
     def render(
         self, example: Example, *, instruction: str | None = None, demos: Sequence[Example] = ()
