@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks.tasks._common import fewshot_seed, first_label_word, read_labelled
 from benchmarks.tasks.base import Split, Task, register_task
-from benchmarks.tasks.sst2 import fewshot_seed, first_label_word, read_labelled
 from methods.base import Example
 
 #: the label words, plus a few unambiguous synonyms.

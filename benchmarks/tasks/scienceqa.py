@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 
+from benchmarks.tasks._common import LETTERS, extract_choice, hash_split
 from benchmarks.tasks.base import DataError, Split, Task, read_rows, register_task
-from benchmarks.tasks.truthfulqa import LETTERS, extract_choice, hash_split
 from methods.base import Example
 
 # choices start at the last "\nA. " and each further one at "\n<next letter>. " (a choice

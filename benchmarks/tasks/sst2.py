@@ -17,18 +17,13 @@ or one of BBT's verbalizer words "bad"/"great" taken as "negative"/"positive".
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tasks.base import DataError, Split, Task, read_rows, register_task
+from benchmarks.tasks._common import fewshot_seed, first_label_word, read_labelled
+from benchmarks.tasks.base import Split, Task, register_task
 from methods.base import Example
-from methods.registry import BenchError
 
-#: the seeds of the LM-BFF / RLPrompt 16-shot splits.
-FEWSHOT_SEEDS = (13, 21, 42, 87, 100)
-_WORD = re.compile(r"[a-z]+")
 #: the label words, plus BBT's verbalizer words "bad"/"great" as synonyms.
 _ANSWER_WORDS = {
     "negative": "negative",
@@ -36,45 +31,6 @@ _ANSWER_WORDS = {
     "bad": "negative",
     "great": "positive",
 }
-
-
-def fewshot_seed(task: str, options: Mapping[str, Any]) -> int:
-    """The validated ``fewshot_seed`` option (default 42)."""
-    seed = options.get("fewshot_seed", 42)
-    if str(seed) not in {str(s) for s in FEWSHOT_SEEDS}:
-        valid = ", ".join(map(str, FEWSHOT_SEEDS))
-        raise BenchError(f"task {task}: option fewshot_seed must be one of {valid}, got {seed!r}")
-    return int(seed)
-
-
-def first_label_word(text: str, words: Mapping[str, str]) -> str | None:
-    """``words[w]`` for the first word ``w`` of the lower-cased ``text`` that is a key of
-    ``words``; None if there is none."""
-    for word in _WORD.findall(text.lower()):
-        if word in words:
-            return words[word]
-    return None
-
-
-def read_labelled(path: Path, labels: tuple[str, ...], split: str) -> list[Example]:
-    """Examples from a ``<text column><TAB>label`` file whose text column is ``text`` or
-    ``sentence`` (RLPrompt uses both)."""
-    rows = read_rows(path, required=("label",))
-    column = next((c for c in ("text", "sentence") if rows and c in rows[0]), "sentence")
-    examples = []
-    for i, row in enumerate(rows):
-        text, label = row.get(column), row["label"]
-        if text is None or str(label) not in {str(j) for j in range(len(labels))}:
-            raise DataError(f"{path}:line {i + 2}: no {column} or a bad label {label!r}")
-        examples.append(
-            Example(
-                id=f"{split}-{i}",
-                input=str(text).strip(),
-                target=labels[int(label)],
-                meta={"label": int(label)},
-            )
-        )
-    return examples
 
 
 @register_task("sst2")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.tasks import SPLITS, Task, get_task
+from benchmarks.tasks._common import hash_split
 from benchmarks.tasks.scienceqa import parse_prompt
-from benchmarks.tasks.truthfulqa import hash_split
 from methods.base import Example
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.tasks import SPLITS, Task, get_task
-from benchmarks.tasks.sst2 import FEWSHOT_SEEDS
+from benchmarks.tasks._common import FEWSHOT_SEEDS
 from methods.base import Example
 from methods.registry import BenchError
 

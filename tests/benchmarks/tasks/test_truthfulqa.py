@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.tasks import SPLITS, Task, get_task
-from benchmarks.tasks.truthfulqa import TruthfulQA, extract_choice, hash_split
+from benchmarks.tasks._common import extract_choice, hash_split
+from benchmarks.tasks.truthfulqa import TruthfulQA
 from methods.base import Example
 from methods.registry import BenchError
 
