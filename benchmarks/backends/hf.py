@@ -100,7 +100,7 @@ class HFBackend(Backend):
 
                     try:
                         self._engine = HFEngine.load(self.path, device=self.device)
-                    except (OSError, ValueError) as exc:
+                    except Exception as exc:  # loaders raise many types for a bad directory
                         raise BenchError(f"hf backend: cannot load {self.path}: {exc}") from exc
         return self._engine
 

@@ -8,11 +8,11 @@ if it dies, the client's retries run out and the run stops with the server's las
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from benchmarks.backends.base import register_backend
+from benchmarks.backends.hf import weights_digest
 from benchmarks.backends.openai_backend import OpenAIBackend
 from methods.registry import BenchError
 
@@ -25,13 +25,6 @@ def resolve_model_dir(model: str) -> Path:
     from benchmarks.zoo import model_dir
 
     return model_dir(model)
-
-
-def weights_digest(directory: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(directory.glob("*.safetensors")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 @register_backend("zoo")

@@ -1,0 +1,342 @@
+"""The OpenAI-compatible server: one real subprocess on 127.0.0.1, driven by the official
+``openai`` client and by plain HTTP, checked against the same model loaded in process."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from benchmarks.engine import HFEngine
+from benchmarks.server import API_KEY_ENV, ServerHandle, create_app, main, start_server
+from benchmarks.tiny import tiny_model_dir, torch_threads
+from methods.registry import BenchError
+
+KEY = "sk-test-0123456789"
+MODEL = "tiny"
+PROMPT = "Q: Tom has 3 apples and buys 4 more. How many apples? A:"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def engine() -> HFEngine:
+    return HFEngine.load(tiny_model_dir(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerHandle]:
+    with start_server(tiny_model_dir(), model_name=MODEL, api_key=KEY, grey_box=True) as handle:
+        yield handle
+    assert not handle.is_alive()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerHandle) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as session:
+        yield session
+
+
+def assert_error(reply: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_models(client: openai.OpenAI, server: ServerHandle) -> None:
+    assert server.is_alive() and server.pid > 0
+    assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL] and models[0].owned_by == "blackbox-bench"
+    capabilities = models[0].model_extra["capabilities"]  # type: ignore[index]
+    assert capabilities == ["generate", "logprobs", "score", "next_token_logits", "prompt_embeds"]
+
+
+def test_completions_match_the_engine(client: openai.OpenAI, engine: HFEngine) -> None:
+    prompts = [PROMPT, "yes"]
+    reply = client.completions.create(
+        model=MODEL, prompt=prompts, n=3, temperature=0.8, max_tokens=8, seed=5
+    )
+    assert reply.object == "text_completion" and reply.model == MODEL
+    local = engine.generate(prompts, n=3, temperature=0.8, max_tokens=8, seed=5)
+    # OpenAI's order: choice index = prompt index * n + sample index.
+    assert [c.index for c in reply.choices] == list(range(6))
+    assert [c.text for c in reply.choices] == [s.text for g in local for s in g.samples]
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == sum(engine.count_tokens(p) for p in prompts)
+    assert reply.usage.completion_tokens == sum(g.completion_tokens for g in local)
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    single = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0)
+    assert single.choices[0].text == local_greedy(engine, PROMPT, 5)
+    assert single.choices[0].finish_reason == "length" and single.usage is not None
+    assert single.usage.completion_tokens == 5
+
+
+def local_greedy(engine: HFEngine, prompt: str, max_tokens: int, **options: Any) -> str:
+    return engine.generate([prompt], max_tokens=max_tokens, **options)[0].samples[0].text
+
+
+def test_completion_stop_and_logprobs(client: openai.OpenAI, engine: HFEngine) -> None:
+    full = local_greedy(engine, PROMPT, 20)
+    stop = full[5:8]
+    reply = client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=20, temperature=0, stop=[stop], logprobs=3
+    )
+    choice = reply.choices[0]
+    assert choice.text == full[: full.index(stop)] and choice.finish_reason == "stop"
+    sample = engine.generate([PROMPT], max_tokens=20, stop=[stop], logprobs=3)[0].samples[0]
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.tokens == list(sample.tokens)
+    np.testing.assert_allclose(logprobs.token_logprobs or [], sample.token_logprobs, atol=1e-4)
+    assert all(len(top) == 3 for top in logprobs.top_logprobs or [])
+    for token, offset in zip(logprobs.tokens, logprobs.text_offset or [], strict=True):
+        assert choice.text[offset : offset + len(token)] == token[: len(choice.text) - offset]
+
+
+def test_echo_scores_a_continuation(client: openai.OpenAI, engine: HFEngine) -> None:
+    prompt, continuation = "Q: Is the sky blue? A:", " yes it is"
+    reply = client.completions.create(
+        model=MODEL, prompt=prompt + continuation, max_tokens=0, echo=True, logprobs=1
+    )
+    choice = reply.choices[0]
+    assert choice.text == prompt + continuation
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.token_logprobs is not None
+    assert logprobs.token_logprobs[0] is None and (logprobs.top_logprobs or [1])[0] is None
+    offsets = logprobs.text_offset or []
+    tail = [
+        lp for lp, at in zip(logprobs.token_logprobs, offsets, strict=True) if at >= len(prompt)
+    ]
+    expected = engine.score([prompt], [continuation])[0]
+    assert len(tail) == len(expected.tokens)
+    np.testing.assert_allclose(tail, expected.token_logprobs, atol=1e-4)
+    assert reply.usage is not None and reply.usage.completion_tokens == 0
+    assert reply.usage.prompt_tokens == engine.count_tokens(prompt + continuation)
+
+
+def test_chat(client: openai.OpenAI, engine: HFEngine) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=6,
+        temperature=0,
+        n=2,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert reply.object == "chat.completion" and len(reply.choices) == 2
+    sample = engine.generate([PROMPT], max_tokens=6, logprobs=2)[0].samples[0]
+    for choice in reply.choices:
+        assert choice.message.role == "assistant" and choice.message.content == sample.text
+        content = choice.logprobs.content if choice.logprobs else None
+        assert content is not None and [t.token for t in content] == list(sample.tokens)
+        np.testing.assert_allclose([t.logprob for t in content], sample.token_logprobs, atol=1e-4)
+        assert all(
+            len(t.top_logprobs) == 2 and bytes(t.bytes or []) == t.token.encode() for t in content
+        )
+    assert reply.usage is not None and reply.usage.prompt_tokens == engine.count_tokens(PROMPT)
+    assert reply.usage.completion_tokens == 12
+    # Several messages: contents joined by a blank line (no chat template on a plain LM).
+    multi = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_completion_tokens=4,
+        temperature=0,
+    )
+    assert multi.choices[0].message.content == local_greedy(engine, "Be brief.\n\nHi", 4)
+    assert multi.choices[0].logprobs is None
+
+
+def test_plain_http_and_concurrency(http: httpx.Client, engine: HFEngine) -> None:
+    body = {"model": MODEL, "prompt": "yes", "max_tokens": 4, "temperature": 0}
+    reply = http.post("/completions", json=body)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+    data = reply.json()
+    assert data["choices"][0]["text"] == local_greedy(engine, "yes", 4)
+    assert set(data["usage"]) >= {"prompt_tokens", "completion_tokens", "total_tokens"}
+    # Concurrent requests (micro-batched by the server) answer as if sent alone.
+    prompts = [f"Q: {i} + {i} = ? A:" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(
+            pool.map(lambda p: http.post("/completions", json={**body, "prompt": p}), prompts)
+        )
+    texts = [r.json()["choices"][0]["text"] for r in replies]
+    assert texts == [local_greedy(engine, p, 4) for p in prompts]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"n": 0}, 400, None),
+        ({"temperature": -0.5}, 400, None),
+        ({"max_tokens": -1}, 400, None),
+        ({"max_tokens": 100_000}, 400, None),
+        ({"logprobs": 99}, 400, None),
+        ({"model": "gpt-9"}, 404, "model_not_found"),
+        ({"prompt": []}, 400, None),
+        ({"prompt": "word " * 400}, 400, "context_length_exceeded"),
+        ({"n": "many"}, 400, None),
+        ({"stream": True}, 400, None),
+    ],
+)
+def test_bad_requests(
+    http: httpx.Client, change: dict[str, Any], status: int, code: str | None
+) -> None:
+    body = {"model": MODEL, "prompt": "yes", "max_tokens": 4, **change}
+    assert_error(http.post("/completions", json=body), status, code)
+
+
+def test_bad_requests_other_shapes(http: httpx.Client, client: openai.OpenAI) -> None:
+    error = assert_error(http.post("/completions", json={"model": MODEL}), 400)
+    assert error["param"] == "prompt"
+    error = assert_error(
+        http.post(
+            "/completions", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        400,
+    )
+    assert "JSON" in error["message"]
+    assert_error(http.post("/chat/completions", json={"model": MODEL, "messages": []}), 400)
+    bad_role = {"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}
+    assert_error(http.post("/chat/completions", json=bad_role), 400)
+    assert_error(http.get("/nowhere"), 404)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="yes", n=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+
+
+def test_api_key(server: ServerHandle) -> None:
+    url = f"{server.base_url}/models"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        reply = httpx.get(url, headers=headers)
+        assert_error(reply, 401, "invalid_api_key")
+        assert KEY not in reply.text and "wrong" not in reply.text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+
+
+def decode_array(payload: dict[str, Any]) -> np.ndarray:
+    raw = base64.b64decode(payload["data"])
+    return np.frombuffer(raw, dtype="<f4").reshape(payload["shape"])
+
+
+def test_grey_box_endpoints(http: httpx.Client, engine: HFEngine) -> None:
+    prompts = [PROMPT, "yes"]
+    reply = http.post("/bench/next_token_logprobs", json={"model": MODEL, "prompts": prompts})
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert data["object"] == "next_token_logprobs" and data["shape"] == [2, engine.vocab_size]
+    np.testing.assert_allclose(decode_array(data), engine.next_token_logprobs(prompts), atol=1e-5)
+    assert data["usage"]["prompt_tokens"] == sum(engine.count_tokens(p) for p in prompts)
+
+    dim, mean, std = engine.embedding_stats()
+    soft = np.random.default_rng(1).normal(mean, std, (3, dim)).astype("<f4")
+    encoded = {"shape": [3, dim], "data": base64.b64encode(soft.tobytes()).decode()}
+    reply = http.post(
+        "/bench/next_token_logprobs",
+        json={"model": MODEL, "prompts": prompts, "soft_prompt": encoded},
+    )
+    expected = engine.next_token_logprobs(prompts, soft_prompt=soft)
+    np.testing.assert_allclose(decode_array(reply.json()), expected, atol=1e-5)
+
+    vocab = http.get("/bench/vocabulary").json()
+    assert vocab["model"] == MODEL and vocab["tokens"] == engine.vocabulary()
+    stats = http.get("/bench/embedding_stats").json()
+    assert (stats["dim"], stats["mean"], stats["std"]) == pytest.approx((dim, mean, std))
+
+    for bad in (
+        {"shape": [3, dim], "data": "!!not base64!!"},
+        {"shape": [2, dim], "data": encoded["data"]},
+        {
+            "shape": [3, dim + 1],
+            "data": base64.b64encode(np.zeros((3, dim + 1), "<f4").tobytes()).decode(),
+        },
+    ):
+        body = {"model": MODEL, "prompts": prompts, "soft_prompt": bad}
+        assert_error(http.post("/bench/next_token_logprobs", json=body), 400)
+    assert_error(http.post("/bench/next_token_logprobs", json={"model": MODEL, "prompts": []}), 400)
+
+
+def test_grey_box_disabled(engine: HFEngine) -> None:
+    app = create_app(engine, model_name=MODEL, grey_box=False)
+    with TestClient(app) as local:
+        models = local.get("/v1/models").json()["data"]
+        assert models[0]["capabilities"] == ["generate", "logprobs", "score"]
+        body = {"model": MODEL, "prompts": ["yes"]}
+        assert_error(local.post("/v1/bench/next_token_logprobs", json=body), 404)
+        assert_error(local.get("/v1/bench/vocabulary"), 404)
+        assert_error(local.get("/v1/bench/embedding_stats"), 404)
+        # No key configured: no header needed.
+        ok = local.post("/v1/completions", json={"model": MODEL, "prompt": "yes", "max_tokens": 2})
+        assert ok.status_code == 200
+
+
+def test_chat_template_is_used_when_present(engine: HFEngine) -> None:
+    tokenizer = copy.deepcopy(engine.tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    templated = HFEngine(engine.model, tokenizer, device="cpu")
+    rendered = "<|endoftext|>system: Be brief.\n<|endoftext|>user: Hi\nassistant:"
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert ids.count(tokenizer.eos_token_id) == 2  # special tokens in the template stay special
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with TestClient(create_app(templated, model_name=MODEL)) as local:
+        body = {"model": MODEL, "messages": messages, "max_tokens": 3, "temperature": 0}
+        reply = local.post("/v1/chat/completions", json=body).json()
+    assert reply["usage"]["prompt_tokens"] == len(ids)
+    expected = engine.generate([ids], max_tokens=3)[0].samples[0].text
+    assert reply["choices"][0]["message"]["content"] == expected
+
+
+def test_start_failures_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(BenchError, match="not a directory"):
+        start_server(tmp_path / "missing", model_name=MODEL)
+    with pytest.raises(BenchError, match="non-loopback"):
+        start_server(tiny_model_dir(), model_name=MODEL, host="0.0.0.0")
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    assert main(["--model-dir", str(tiny_model_dir()), "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "non-loopback" in capsys.readouterr().err
+    # A directory that looks like a model but is not.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (broken / "model.safetensors").write_bytes(b"junk")
+    assert main(["--model-dir", str(broken), "--port", "0"]) == 2
+    assert "cannot load a model" in capsys.readouterr().err
+    # The child dies (its port is taken): the error carries the child's last words.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*cannot bind"):
+            start_server(tiny_model_dir(), model_name=MODEL, port=port, timeout_s=30)
