@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from benchmarks.backends.base import Backend, GenerateRequest, NextTokenRequest, ScoreRequest
+from benchmarks.backends.base import (
+    Backend,
+    CallResult,
+    GenerateRequest,
+    NextTokenRequest,
+    PartialBatchError,
+    ScoreRequest,
+)
 from benchmarks.cache import ResponseCache, cache_key
 from benchmarks.metering import CallRecord, UsageMeter
 from methods.base import (
@@ -64,6 +71,21 @@ def array_from_json(d: dict[str, Any]) -> np.ndarray:
 def _split_evenly(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+R = TypeVar("R")
+
+
+def _call_batch(
+    call: Callable[[Sequence[R]], list[CallResult[Any]]], requests: Sequence[R]
+) -> tuple[list[CallResult[Any] | None], BaseException | None]:
+    """Send a batch; on a partial failure keep what arrived (it was paid for) and the error."""
+    if not requests:
+        return [], None
+    try:
+        return list(call(requests)), None
+    except PartialBatchError as exc:
+        return exc.results, exc.error
 
 
 class MeteredBlackBox:
@@ -192,8 +214,10 @@ class MeteredBlackBox:
             )
             for i, slots in pending
         ]
-        results = self.backend.generate_batch(requests) if requests else []
+        results, failure = _call_batch(self.backend.generate_batch, requests)
         for (i, slots), result in zip(pending, results, strict=True):
+            if result is None:
+                continue
             if len(result.value) != len(slots):
                 raise BenchError(
                     f"{self.backend.name}: asked for {len(slots)} samples, got {len(result.value)}"
@@ -229,6 +253,8 @@ class MeteredBlackBox:
                     cached=True,
                     samples=hits,
                 )
+        if failure is not None:
+            raise failure
         return [[c for c in row if c is not None] for row in out]
 
     # -- score ----------------------------------------------------------------------------
@@ -250,12 +276,12 @@ class MeteredBlackBox:
             else:
                 out.append(ScoredText(tuple(hit["tokens"]), tuple(hit["token_logprobs"])))
                 self._record("score", int(hit["prompt_tokens"]), 0, cached=True)
-        results = (
-            self.backend.score_batch([ScoreRequest(prompts[i], continuations[i]) for i in pending])
-            if pending
-            else []
+        results, failure = _call_batch(
+            self.backend.score_batch, [ScoreRequest(prompts[i], continuations[i]) for i in pending]
         )
         for i, result in zip(pending, results, strict=True):
+            if result is None:
+                continue
             out[i] = result.value
             self.cache.put(
                 keys[i],
@@ -274,6 +300,8 @@ class MeteredBlackBox:
                 latency_s=result.latency_s,
                 retries=result.retries,
             )
+        if failure is not None:
+            raise failure
         return [s for s in out if s is not None]
 
     # -- next-token distributions ---------------------------------------------------------

@@ -122,5 +122,5 @@ class Registry(Generic[T]):
     def unknown_message(self, name: str) -> str:
         valid = self.names()
         close = difflib.get_close_matches(name, [*valid, *self._aliases], n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}{hint} valid: {', '.join(valid)}"
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(valid)}"

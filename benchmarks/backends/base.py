@@ -9,7 +9,7 @@ tuner sees, adding the cache, the meter and the capability checks. Backends regi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -69,6 +69,16 @@ class CallResult(Generic[V]):
     completion_tokens: int
     latency_s: float = 0.0
     retries: int = 0
+
+
+class PartialBatchError(BenchError):
+    """Some requests of a batch failed. ``results`` holds the answers that did arrive (None
+    where a request failed), so what was paid for is still metered and cached."""
+
+    def __init__(self, error: BaseException, results: Sequence[CallResult[Any] | None]):
+        super().__init__(str(error))
+        self.error = error
+        self.results = list(results)
 
 
 class Backend(ABC):

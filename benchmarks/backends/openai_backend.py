@@ -32,6 +32,7 @@ from benchmarks.backends.base import (
     CallResult,
     GenerateRequest,
     NextTokenRequest,
+    PartialBatchError,
     ScoreRequest,
     parse_capabilities,
     register_backend,
@@ -258,16 +259,22 @@ class OpenAIBackend(Backend):
         return response, attempts - 1, time.perf_counter() - start
 
     def _gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-        async def bounded() -> list[T]:
+        async def bounded() -> list[T | BaseException]:
             sem = asyncio.Semaphore(self.concurrency)
 
             async def one(c: Coroutine[Any, Any, T]) -> T:
                 async with sem:
                     return await c
 
-            return list(await asyncio.gather(*(one(c) for c in coros)))
+            # Let every request finish before raising, so no task outlives the batch.
+            return list(await asyncio.gather(*(one(c) for c in coros), return_exceptions=True))
 
-        return self._run(bounded())
+        results = self._run(bounded())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            partial = [None if isinstance(r, BaseException) else r for r in results]
+            raise PartialBatchError(errors[0], partial) from errors[0]  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
 
     def generate_batch(
         self, requests: Sequence[GenerateRequest]
@@ -362,9 +369,12 @@ class OpenAIBackend(Backend):
         for i, r in enumerate(requests):
             tag = b"" if r.soft_prompt is None else np.asarray(r.soft_prompt, "<f4").tobytes()
             groups.setdefault(tag, []).append(i)
-        answers = self._gather(
-            [self._next_token_group([requests[i] for i in idx]) for idx in groups.values()]
-        )
+        try:
+            answers = self._gather(
+                [self._next_token_group([requests[i] for i in idx]) for idx in groups.values()]
+            )
+        except PartialBatchError as exc:
+            raise exc.error from None
         out: list[CallResult[np.ndarray] | None] = [None] * len(requests)
         for idx, results in zip(groups.values(), answers, strict=True):
             for i, result in zip(idx, results, strict=True):

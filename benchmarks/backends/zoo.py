@@ -73,7 +73,8 @@ class ZooBackend(OpenAIBackend):
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        return len(self._tokenizer(text)["input_ids"])
+        # encode() warns on texts over the context; a projection may count such texts.
+        return len(self._tokenizer(text, verbose=False)["input_ids"])
 
     def close(self) -> None:
         super().close()
