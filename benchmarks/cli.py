@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve next-token distributions and soft-prompt input",
     )
+    zoo = sub.add_parser("zoo", help="build the model zoo")
+    zoo.add_argument("action", choices=("train",))
+    zoo.add_argument("--models", type=_csv, default=["zoo-large", "zoo-small"])
+    zoo.add_argument("--docs-per-task", type=_positive_int, default=20_000)
+    zoo.add_argument("--seed", type=int, default=0)
     return parser
 
 
