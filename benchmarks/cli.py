@@ -382,8 +382,29 @@ def _resolve_model_dir(name: str) -> Path:
     return model_dir(name)
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from benchmarks.zoo.train import ZOO_SPECS, build_zoo
+
+    for name in args.models:
+        if name not in ZOO_SPECS:
+            raise BenchError(f"unknown zoo model {name!r}; valid: {', '.join(ZOO_SPECS)}")
+    stats = build_zoo(
+        args.models,
+        docs_per_task=args.docs_per_task,
+        seed=args.seed,
+        log=lambda line: print(line, flush=True),
+    )
+    for name, s in stats.items():
+        print(
+            f"{name}: {s['params'] / 1e6:.2f}M parameters, loss {s['final_loss']:.3f}, "
+            f"{s['seconds']:.0f}s on {s['device']}"
+        )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
+    "zoo": cmd_zoo,
     "ls": cmd_ls,
     "report": cmd_report,
     "cache": cmd_cache,
