@@ -8,7 +8,9 @@ from benchmarks.metering import CallRecord, PriceTable, UsageMeter, total_tokens
 from methods.registry import BenchError
 
 
-def _call(phase: str, role: str, p: int, c: int, cached: bool, model: str = "gpt-4o-mini") -> CallRecord:
+def _call(
+    phase: str, role: str, p: int, c: int, cached: bool, model: str = "gpt-4o-mini"
+) -> CallRecord:
     return CallRecord(role, phase, model, "generate", p, c, cached, 0.1)
 
 

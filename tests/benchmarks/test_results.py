@@ -9,8 +9,18 @@ from methods.registry import BenchError
 
 
 def _record(cid: str, acc: float = 0.5) -> CellRecord:
-    return CellRecord(cell_id=cid, method="zero-shot", task="t", backend="b", model="m", seed=0,
-                      budget="light", status="ok", accuracy=acc, n_eval=2)
+    return CellRecord(
+        cell_id=cid,
+        method="zero-shot",
+        task="t",
+        backend="b",
+        model="m",
+        seed=0,
+        budget="light",
+        status="ok",
+        accuracy=acc,
+        n_eval=2,
+    )
 
 
 def test_cell_id_is_file_safe() -> None:
@@ -31,7 +41,6 @@ def test_write_cell_round_trips_with_predictions(tmp_path: Path) -> None:
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path: Path) -> None:
     path = tmp_path / "f.json"
     write_atomic(path, "old")
-
 
     with pytest.raises(TypeError):
         write_atomic(path, 123)  # type: ignore[arg-type]

@@ -20,8 +20,16 @@ class EchoInstruction(BlackBoxTuner):
 
     Config = EchoConfig
 
-    def fit(self, train: Sequence[Example], *, task: TaskLike, backend: BlackBox, dev=None,
-            proposer=None, context=None) -> AdaptedPolicy:
+    def fit(
+        self,
+        train: Sequence[Example],
+        *,
+        task: TaskLike,
+        backend: BlackBox,
+        dev=None,
+        proposer=None,
+        context=None,
+    ) -> AdaptedPolicy:
         return PromptPolicy(instruction=task.instructions[self.config.index])
 
 
@@ -37,8 +45,10 @@ class Parity(Task):
 
     def load_split(self, split):  # type: ignore[no-untyped-def]
         offset = {"train": 0, "dev": 100, "test": 200}[split]
-        return [Example(f"{split}-{i}", str(offset + i), self.labels[(offset + i) % 2])
-                for i in range(20)]
+        return [
+            Example(f"{split}-{i}", str(offset + i), self.labels[(offset + i) % 2])
+            for i in range(20)
+        ]
 
     def extract(self, text: str, example: Example) -> str | None:
         words = text.strip().lower().split()
