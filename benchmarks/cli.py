@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve next-token distributions and soft-prompt input",
     )
     zoo = sub.add_parser("zoo", help="build the model zoo")
-    zoo.add_argument("action", choices=("train",))
+    zoo.add_argument("action", choices=("train", "check"))
+    zoo.add_argument(
+        "--examples", type=_positive_int, default=100, help="check: test examples per task"
+    )
     zoo.add_argument("--models", type=_csv, default=["zoo-large", "zoo-small"])
     zoo.add_argument("--docs-per-task", type=_positive_int, default=20_000)
     zoo.add_argument("--seed", type=int, default=0)
@@ -385,6 +388,17 @@ def _resolve_model_dir(name: str) -> Path:
 def cmd_zoo(args: argparse.Namespace) -> int:
     from benchmarks.zoo.train import ZOO_SPECS, build_zoo
 
+    if args.action == "check":
+        from benchmarks.zoo import model_dir
+        from benchmarks.zoo.check import check_zoo
+
+        results = check_zoo(
+            model_dir("zoo-large"),
+            model_dir("zoo-small"),
+            n=args.examples,
+            log=lambda line: print(line, flush=True),
+        )
+        return 1 if any(r.failures for r in results) else 0
     for name in args.models:
         if name not in ZOO_SPECS:
             raise BenchError(f"unknown zoo model {name!r}; valid: {', '.join(ZOO_SPECS)}")

@@ -105,6 +105,10 @@ class MeteredBlackBox:
         self.cache = cache or ResponseCache(enabled=False)
         self.model = backend.model
         self.capabilities = frozenset(backend.capabilities)
+        self.context_length = backend.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
 
     def _require(self, capability: str) -> None:
         if capability not in self.capabilities:

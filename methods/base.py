@@ -199,6 +199,12 @@ class BlackBox(Protocol):
 
     model: str
     capabilities: frozenset[str]
+    #: the model's context window in tokens, where the backend knows it (else None).
+    context_length: int | None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text``: exact where the tokenizer is known, else an estimate."""
+        ...
 
     def generate(
         self,

@@ -44,6 +44,7 @@ class FewShot(BlackBoxTuner):
 
     Config = FewShotConfig
     config: FewShotConfig
+    variant: str | None = None
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "light": {"k": 4},
         "medium": {"k": 8},
@@ -70,7 +71,19 @@ class FewShot(BlackBoxTuner):
         context: TuneContext | None = None,
     ) -> AdaptedPolicy:
         demos = self._choose(train, task, random.Random(context.seed if context else 0))
-        return PromptPolicy(instruction=self._instruction(task), demos=tuple(demos))
+        policy = PromptPolicy(instruction=self._instruction(task), demos=tuple(demos))
+        limit = getattr(backend, "context_length", None)
+        if limit and train:
+            # Keep the longest training input within the window: drop demonstrations from the
+            # end until it fits, and say so (the variant goes into the result record).
+            probe = max(train, key=lambda ex: len(ex.input))
+            while policy.demos and (
+                backend.count_tokens(policy.prompt(probe, task)) + task.max_tokens > limit
+            ):
+                policy = PromptPolicy(policy.instruction, policy.demos[:-1])
+            if len(policy.demos) < len(demos):
+                self.variant = f"k={len(policy.demos)} (context {limit})"
+        return policy
 
     def _instruction(self, task: TaskLike) -> str | None:
         return task.instructions[0] if self.config.with_instruction and task.instructions else None

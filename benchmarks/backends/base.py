@@ -92,6 +92,8 @@ class Backend(ABC):
 
     model: str
     capabilities: frozenset[str] = frozenset({GENERATE})
+    #: the context window in tokens, where known.
+    context_length: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """What decides this backend's outputs, for cache keys: never keys or URLs."""

@@ -108,7 +108,7 @@ class HFBackend(Backend):
         return {"backend": self.name, "model": self.model, "weights": weights_digest(self.path)}
 
     def check_ready(self) -> None:
-        self.engine  # noqa: B018 - loading is the check
+        self.context_length = int(self.engine.context_length)  # loading is the check
 
     def generate_batch(
         self, requests: Sequence[GenerateRequest]

@@ -169,6 +169,9 @@ class OpenAIBackend(Backend):
             ) from exc
         for entry in getattr(page, "data", []):
             advertised = (getattr(entry, "model_extra", None) or {}).get("capabilities")
+            context = (getattr(entry, "model_extra", None) or {}).get("context_length")
+            if entry.id == self.model and context:
+                self.context_length = int(context)
             if entry.id == self.model and advertised and self._override is None:
                 caps = set(advertised)
                 if self.api == "chat":

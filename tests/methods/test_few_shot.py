@@ -11,6 +11,7 @@ class _Labels(Task):
     kind = "classification"
     labels = ("neg", "pos")
     instructions = ("Classify.", "Label it.")
+    max_tokens = 3
 
     def load_split(self, split):  # type: ignore[no-untyped-def]
         # 30 negatives, 10 positives: an unbalanced draw would favour "neg".
@@ -52,3 +53,23 @@ def test_zero_shot_uses_default_or_bare_instruction() -> None:
     assert policy.instruction == "Classify."  # type: ignore[attr-defined]
     bare = get_method("zero-shot")(bare=True).fit(train, task=task, backend=None)  # type: ignore[arg-type]
     assert bare.instruction is None  # type: ignore[attr-defined]
+
+
+class _Window:
+    """Just enough of a black box to tell the context window and count tokens (words)."""
+
+    context_length = 40
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def test_few_shot_drops_demos_that_do_not_fit_the_window() -> None:
+    task = _Labels()
+    train = task.examples("train")
+    tuner = get_method("few-shot").from_budget("heavy")  # k = 16: far over 40 "tokens"
+    policy = tuner.fit(train, task=task, backend=_Window(), context=TuneContext(seed=0))  # type: ignore[arg-type]
+    longest = max(train, key=lambda ex: len(ex.input))
+    assert 0 < len(policy.demos) < 16  # type: ignore[attr-defined]
+    assert len(policy.prompt(longest, task).split()) + task.max_tokens <= 40  # type: ignore[attr-defined]
+    assert tuner.variant == f"k={len(policy.demos)} (context 40)"  # type: ignore[attr-defined]
