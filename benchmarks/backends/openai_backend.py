@@ -93,6 +93,7 @@ class OpenAIBackend(Backend):
         concurrency: requests in flight at once.
         max_retries: retries of a failed call before giving up.
         timeout_s: seconds before one attempt times out.
+        backoff_s: the base of the exponential backoff (full jitter, capped at 30 s).
         capabilities: override the declared capabilities ("generate,logprobs,score").
         system_prompt: a system message for the chat API.
     """
@@ -109,6 +110,7 @@ class OpenAIBackend(Backend):
         concurrency: int = 8,
         max_retries: int = 6,
         timeout_s: float = 60.0,
+        backoff_s: float = 0.5,
         capabilities: str | Sequence[str] | None = None,
         system_prompt: str | None = None,
         **_: Any,
@@ -123,6 +125,7 @@ class OpenAIBackend(Backend):
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
         self.system_prompt = system_prompt
         self._key_env = api_key_env
         self._key_file = Path(api_key_file) if api_key_file else None
@@ -239,7 +242,7 @@ class OpenAIBackend(Backend):
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(retryable),
-                wait=wait_random_exponential(multiplier=0.5, max=30),
+                wait=wait_random_exponential(multiplier=self.backoff_s, max=30),
                 stop=stop_after_attempt(self.max_retries + 1),
                 reraise=True,
             ):

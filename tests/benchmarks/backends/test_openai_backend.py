@@ -1,0 +1,153 @@
+"""The openai backend against small HTTP servers on 127.0.0.1 that misbehave on purpose:
+retries on 429, 5xx and timeouts are made and counted; concurrency stays bounded; keys are
+required for remote endpoints and never needed on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from benchmarks.backends.base import GenerateRequest, PartialBatchError
+from benchmarks.backends.openai_backend import OpenAIBackend, is_loopback
+from methods.registry import BenchError
+
+
+def _completion(text: str) -> dict:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+class _Script:
+    """Per-request behaviour: a list of status codes (or 'sleep') consumed in order."""
+
+    def __init__(self, steps: list[object], delay: float = 0.0):
+        self.steps = list(steps)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.delay = delay
+
+    def next(self) -> object:
+        with self.lock:
+            self.requests += 1
+            return self.steps.pop(0) if self.steps else 200
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[_Script], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(script: _Script) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                step = script.next()
+                with script.lock:
+                    script.in_flight += 1
+                    script.max_in_flight = max(script.max_in_flight, script.in_flight)
+                try:
+                    if step == "sleep":
+                        time.sleep(1.0)
+                        step = 200
+                    time.sleep(script.delay)
+                    if step == 200:
+                        payload = json.dumps(_completion(f"echo:{body.get('prompt')}")).encode()
+                    else:
+                        payload = json.dumps({"error": {"message": f"status {step}"}}).encode()
+                    self.send_response(int(step))  # type: ignore[call-overload]
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with script.lock:
+                        script.in_flight -= 1
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _backend(url: str, **kw: object) -> OpenAIBackend:
+    return OpenAIBackend("m", base_url=url, api="completions", backoff_s=0.01, **kw)  # type: ignore[arg-type]
+
+
+def test_retries_on_429_and_5xx_are_counted(serve: Callable[[_Script], str]) -> None:
+    script = _Script([429, 500, 503])
+    with _backend(serve(script)) as backend:
+        (result,) = backend.generate_batch([GenerateRequest("hi")])
+    assert result.value[0].text == "echo:hi"
+    assert result.retries == 3
+    assert (result.prompt_tokens, result.completion_tokens) == (3, 2)
+    assert script.requests == 4
+
+
+def test_timeouts_are_retried(serve: Callable[[_Script], str]) -> None:
+    script = _Script(["sleep"])
+    with _backend(serve(script), timeout_s=0.3) as backend:
+        (result,) = backend.generate_batch([GenerateRequest("x")])
+    assert result.retries == 1 and result.value[0].text == "echo:x"
+
+
+def test_giving_up_says_why_and_keeps_what_arrived(serve: Callable[[_Script], str]) -> None:
+    script = _Script([500] * 50)
+    with _backend(serve(script), max_retries=2, concurrency=1) as backend:
+        with pytest.raises(PartialBatchError) as info:
+            backend.generate_batch([GenerateRequest("a"), GenerateRequest("b")])
+    assert "500" in str(info.value)
+    assert script.requests == 6  # two requests, three attempts each
+
+
+def test_client_errors_are_not_retried(serve: Callable[[_Script], str]) -> None:
+    script = _Script([400])
+    with _backend(serve(script)) as backend, pytest.raises(PartialBatchError, match="400"):
+        backend.generate_batch([GenerateRequest("a")])
+    assert script.requests == 1
+
+
+def test_concurrency_is_bounded(serve: Callable[[_Script], str]) -> None:
+    script = _Script([], delay=0.1)
+    with _backend(serve(script), concurrency=3) as backend:
+        results = backend.generate_batch([GenerateRequest(f"p{i}") for i in range(12)])
+    assert [r.value[0].text for r in results] == [f"echo:p{i}" for i in range(12)]
+    assert 1 < script.max_in_flight <= 3
+
+
+def test_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert is_loopback("http://127.0.0.1:8000/v1") and is_loopback("http://localhost/v1")
+    assert not is_loopback("https://api.example.com/v1") and not is_loopback(None)
+    with pytest.raises(BenchError, match="no API key"):
+        OpenAIBackend("gpt-4o-mini").check_ready()
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-test-123\n")
+    backend = OpenAIBackend("gpt-4o-mini", api_key_file=key_file)
+    assert backend._api_key() == "sk-test-123"
+    assert "sk-test" not in json.dumps(backend.identity())
+    with pytest.raises(BenchError, match="unknown api"):
+        OpenAIBackend("m", api="legacy")
