@@ -465,7 +465,8 @@ def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]
 
 
 def _latest_run(results_dir: Path) -> str:
-    runs = sorted(p.name for p in results_dir.glob("*/run.json") for p in [p.parent])
-    if not runs:
+    """The most recently started run (by its run.json), whatever its name."""
+    specs = sorted(results_dir.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    if not specs:
         raise BenchError(f"--resume: no runs under {results_dir}")
-    return runs[-1]
+    return specs[-1].parent.name
