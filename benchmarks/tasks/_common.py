@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from benchmarks.tasks.base import DataError, Split, read_rows
+from benchmarks.tasks.base import DataError, Split
 from methods.base import Example
 from methods.registry import BenchError
 
@@ -87,10 +86,11 @@ def first_label_word(text: str, words: Mapping[str, str]) -> str | None:
     return None
 
 
-def read_labelled(path: Path, labels: tuple[str, ...], split: str) -> list[Example]:
-    """Examples from a ``<text column><TAB>label`` file whose text column is ``text`` or
-    ``sentence`` (RLPrompt uses both)."""
-    rows = read_rows(path, required=("label",))
+def labelled_examples(
+    rows: list[dict[str, Any]], path: str, labels: tuple[str, ...], split: str
+) -> list[Example]:
+    """Examples from ``<text column>, label`` rows whose text column is ``text`` or
+    ``sentence`` (RLPrompt's files use both, as do the hub's glue/sst2 and ag_news)."""
     column = next((c for c in ("text", "sentence") if rows and c in rows[0]), "sentence")
     examples = []
     for i, row in enumerate(rows):

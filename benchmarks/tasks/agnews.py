@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tasks._common import fewshot_seed, first_label_word, read_labelled
-from benchmarks.tasks.base import Split, Task, register_task
+from benchmarks.tasks._common import fewshot_seed, first_label_word, labelled_examples
+from benchmarks.tasks.base import HubSource, Split, Task, register_task
 from methods.base import Example
 
 #: the label words, plus a few unambiguous synonyms.
@@ -67,8 +67,13 @@ class AGNews(Task):
 
     def load_split(self, split: Split) -> list[Example]:
         seed = 42 if split == "test" else self.fewshot_seed
-        path = self.find_file("agnews", "rlprompt", f"16-{seed}", f"{split}.tsv")
-        return read_labelled(path, self.labels or (), split)
+        rows, path = self.load_rows(
+            ("agnews", "rlprompt", f"16-{seed}", f"{split}.tsv"),
+            required=("label",),
+            # the test file is the hub's ag_news test split (same rows, text + label)
+            hub=HubSource("ag_news", None, "test") if split == "test" else None,
+        )
+        return labelled_examples(rows, path, self.labels or (), split)
 
     def extract(self, text: str, example: Example) -> str | None:
         return first_label_word(text, _ANSWER_WORDS)

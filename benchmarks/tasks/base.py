@@ -15,6 +15,7 @@ import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -90,6 +91,25 @@ class Task(ABC):
             f"task {self.name}: data file {'/'.join(relative)} not found under {where}; "
             f"pass --data-dir or set ${DATA_DIR_ENV}"
         )
+
+    def load_rows(
+        self,
+        relative: Sequence[str],
+        *,
+        required: Iterable[str] = (),
+        hub: HubSource | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Rows of the local file ``data_dir/relative`` when it exists; otherwise, when the
+        task names a ``hub`` dataset with the same columns, of that dataset through
+        `datasets.load_dataset` (needs the network, or the dataset in the local HF cache).
+        Returns the rows and where they came from, for error messages."""
+        try:
+            path = self.find_file(*relative)
+        except DataError as missing:
+            if hub is None:
+                raise
+            return _hub_rows(hub, required, missing), hub.describe()
+        return read_rows(path, required=required), str(path)
 
     def fingerprint(self) -> str:
         """A hash of the task's examples and template, for result provenance."""
@@ -256,6 +276,35 @@ def _check_json(path: Path) -> None:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face hub dataset split with the same columns as a task's local file."""
+
+    path: str
+    name: str | None
+    split: str
+
+    def describe(self) -> str:
+        return f"hub:{self.path}" + (f"/{self.name}" if self.name else "") + f"[{self.split}]"
+
+
+def _hub_rows(hub: HubSource, required: Iterable[str], missing: DataError) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        ds = datasets.load_dataset(hub.path, hub.name, split=hub.split)
+    except Exception as exc:
+        raise DataError(
+            f"{missing}; the hub fallback {hub.describe()} failed too ({_first_line(exc)})"
+        ) from exc
+    rows = ds.to_list()
+    absent = [k for k in required if rows and k not in rows[0]]
+    if absent:
+        raise DataError(f"{hub.describe()}: missing field(s) {', '.join(absent)}")
+    return rows
 
 
 def split_holdout(

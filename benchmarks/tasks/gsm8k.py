@@ -20,11 +20,11 @@ import re
 
 from benchmarks.tasks.base import (
     DataError,
+    HubSource,
     Split,
     Task,
     extract_final_number,
     normalize_number,
-    read_rows,
     register_task,
     split_holdout,
 )
@@ -62,9 +62,13 @@ class GSM8K(Task):
         return dev if split == "dev" else rest
 
     def _read(self, name: str) -> list[Example]:
-        path = self.find_file("gsm8k", f"{name}.jsonl")
+        rows, path = self.load_rows(
+            ("gsm8k", f"{name}.jsonl"),
+            required=("question", "answer"),
+            hub=HubSource("gsm8k", "main", name),  # the same data and columns (PROVENANCE.md)
+        )
         examples = []
-        for i, row in enumerate(read_rows(path, required=("question", "answer"))):
+        for i, row in enumerate(rows):
             answer = str(row["answer"])
             target = normalize_number(answer.rsplit("#### ", 1)[-1]) if "#### " in answer else None
             if target is None:

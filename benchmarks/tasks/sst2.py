@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.tasks._common import fewshot_seed, first_label_word, read_labelled
-from benchmarks.tasks.base import Split, Task, register_task
+from benchmarks.tasks._common import fewshot_seed, first_label_word, labelled_examples
+from benchmarks.tasks.base import HubSource, Split, Task, register_task
 from methods.base import Example
 
 #: the label words, plus BBT's verbalizer words "bad"/"great" as synonyms.
@@ -60,10 +60,17 @@ class SST2(Task):
 
     def load_split(self, split: Split) -> list[Example]:
         if split == "test":
-            path = self.find_file("sst2", "alps", "test.tsv")
+            # The GLUE validation set, also on the hub as glue/sst2 "validation".
+            rows, path = self.load_rows(
+                ("sst2", "alps", "test.tsv"),
+                required=("label",),
+                hub=HubSource("glue", "sst2", "validation"),
+            )
         else:
-            path = self.find_file("sst2", "rlprompt", f"16-{self.fewshot_seed}", f"{split}.tsv")
-        return read_labelled(path, self.labels or (), split)
+            rows, path = self.load_rows(
+                ("sst2", "rlprompt", f"16-{self.fewshot_seed}", f"{split}.tsv"), required=("label",)
+            )
+        return labelled_examples(rows, path, self.labels or (), split)
 
     def extract(self, text: str, example: Example) -> str | None:
         return first_label_word(text, _ANSWER_WORDS)

@@ -167,3 +167,19 @@ def test_stable_shuffle_is_a_fixed_permutation() -> None:
     assert shuffled == stable_shuffle(items, key="question")
     assert sorted(shuffled) == items
     assert any(stable_shuffle(items, key=f"q{i}") != items for i in range(5))
+
+
+def test_hub_fallback_is_tried_and_reported_offline(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With no local file the task falls back to its hub dataset; offline, the error names
+    both the missing file and the hub source, in one line."""
+    from benchmarks.tasks.base import DataError, get_task
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to find
+    task = get_task("gsm8k", data_dir=tmp_path)
+    with pytest.raises(DataError) as info:
+        task.examples("test")
+    msg = str(info.value)
+    assert "gsm8k/test.jsonl not found" in msg and "hub:gsm8k/main[test]" in msg
+    assert "\n" not in msg
