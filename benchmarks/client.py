@@ -176,6 +176,7 @@ class MeteredBlackBox:
         keys: list[list[str]] = []
         missing: dict[int, list[int]] = {}  # prompt index -> sample slots not in the cache
         hit_tokens: list[tuple[int, int, int]] = []  # per prompt: (hits, prompt, completion)
+        limits = [self._fit_max_tokens(p, max_tokens) for p in prompts]
         for i, prompt in enumerate(prompts):
             row: list[Completion | None] = []
             row_keys: list[str] = []
@@ -187,6 +188,7 @@ class MeteredBlackBox:
                         "backend": ident,
                         "prompt": prompt,
                         **params,
+                        "max_tokens": limits[i],
                         "sample": sample_offset + j,
                     }
                 )
@@ -211,7 +213,7 @@ class MeteredBlackBox:
                 n=len(slots),
                 temperature=temperature,
                 top_p=top_p,
-                max_tokens=max_tokens,
+                max_tokens=limits[i],
                 stop=tuple(stop or ()),
                 seed=seed,
                 logprobs=logprobs,
@@ -260,6 +262,20 @@ class MeteredBlackBox:
         if failure is not None:
             raise failure
         return [[c for c in row if c is not None] for row in out]
+
+    def _fit_max_tokens(self, prompt: str, max_tokens: int) -> int:
+        """``max_tokens`` capped to what the context window leaves after the prompt (an
+        upper bound, as API clients treat it), so a long prompt shortens the answer instead
+        of failing the call; a prompt that fills the window is an error."""
+        if not self.context_length:
+            return int(max_tokens)
+        room = self.context_length - self.backend.count_tokens(prompt)
+        if room < 1:
+            raise BenchError(
+                f"{self.model}: a prompt of {self.context_length - room} tokens does not fit the "
+                f"context window of {self.context_length}"
+            )
+        return int(min(max_tokens, room))
 
     # -- score ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from benchmarks.client import MeteredBlackBox
 from benchmarks.metering import UsageMeter
 from benchmarks.tiny import tiny_model_dir, torch_threads
 from methods import CapabilityError, Completion
+from methods.registry import BenchError
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,16 @@ def test_partial_failure_keeps_paid_answers(tmp_path: Path, backend: HFBackend) 
         bb.generate(["Q: 1\nA:", "Q: 2\nA:"], max_tokens=3)
     assert len(meter.calls) == 1 and not meter.calls[0].cached  # the answer that arrived is billed
     assert cache.stats().entries == 1  # ... and cached, so a retry does not pay twice
+
+
+def test_max_tokens_is_capped_to_the_context_window(backend: HFBackend) -> None:
+    bb = MeteredBlackBox(backend, meter=UsageMeter())
+    bb.context_length = 24
+    prompt = "Q: 1 + 2 + 3\nA:"
+    room = 24 - backend.count_tokens(prompt)
+    with torch_threads(1):
+        (out,) = bb.generate([prompt], max_tokens=500, temperature=1.0, seed=0)
+    assert bb.meter.calls[-1].completion_tokens <= room
+    assert out[0].finish_reason in ("length", "stop")
+    with pytest.raises(BenchError, match="does not fit the context window of 24"):
+        bb.generate(["word " * 40], max_tokens=5)
