@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--models", type=_csv, default=["zoo-large", "zoo-small"])
     zoo.add_argument("--docs-per-task", type=_positive_int, default=20_000)
     zoo.add_argument("--seed", type=int, default=0)
+    perf = sub.add_parser("perf", help="print performance figures (never asserted)")
+    perf.add_argument("what", choices=("server",))
+    perf.add_argument("--model", default="zoo-large")
+    perf.add_argument("--concurrency", type=_positive_int, default=32)
+    perf.add_argument("--max-tokens", type=_positive_int, default=48)
     return parser
 
 
@@ -416,8 +421,19 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    from benchmarks.perf import server_throughput
+
+    result = server_throughput(
+        _resolve_model_dir(args.model), concurrency=args.concurrency, max_tokens=args.max_tokens
+    )
+    print(result.describe())
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
+    "perf": cmd_perf,
     "zoo": cmd_zoo,
     "ls": cmd_ls,
     "report": cmd_report,
