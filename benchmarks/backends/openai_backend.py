@@ -181,6 +181,10 @@ class OpenAIBackend(Backend):
                     caps.discard(SCORE)  # echo exists only on the completions API
                 self.capabilities = frozenset(caps)
 
+    def gone(self) -> str | None:
+        """Why the endpoint is known to be gone for good (a dead local server), else None."""
+        return None
+
     def _async_client(self) -> Any:
         if self._client is None:
             import openai
@@ -225,6 +229,7 @@ class OpenAIBackend(Backend):
         import openai
         from tenacity import (
             AsyncRetrying,
+            retry_if_exception,
             retry_if_exception_type,
             stop_after_attempt,
             wait_random_exponential,
@@ -241,7 +246,9 @@ class OpenAIBackend(Backend):
         start = time.perf_counter()
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(retryable),
+                # No point retrying against a server we know is gone.
+                retry=retry_if_exception_type(retryable)
+                & retry_if_exception(lambda _: self.gone() is None),
                 wait=wait_random_exponential(multiplier=self.backoff_s, max=30),
                 stop=stop_after_attempt(self.max_retries + 1),
                 reraise=True,
@@ -258,6 +265,8 @@ class OpenAIBackend(Backend):
                 f"openai backend: {exc.status_code} from {self.model}: {_error_message(exc)}"
             ) from exc
         except retryable as exc:
+            if (why := self.gone()) is not None:
+                raise BenchError(why) from exc
             raise BenchError(
                 f"openai backend: {self.model} failed after {attempts} attempts "
                 f"({type(exc).__name__}); the endpoint may be down"

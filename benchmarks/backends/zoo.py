@@ -14,7 +14,6 @@ from typing import Any
 from benchmarks.backends.base import register_backend
 from benchmarks.backends.hf import weights_digest
 from benchmarks.backends.openai_backend import OpenAIBackend
-from methods.registry import BenchError
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -82,7 +81,12 @@ class ZooBackend(OpenAIBackend):
             self._handle.stop()
             self._handle = None
 
-    def server_alive(self) -> bool:
-        if self._handle is None:
-            raise BenchError("zoo backend: server not started")
-        return bool(self._handle.is_alive())
+    def gone(self) -> str | None:
+        if self._handle is None or self._handle.is_alive():
+            return None
+        code = self._handle.process.returncode
+        last = (self._handle.log_tail(3) or "no output").splitlines()[-1]
+        return (
+            f"zoo backend: the model server (pid {self._handle.pid}) exited with code {code} "
+            f"({last}); finished cells are kept, continue with --resume"
+        )

@@ -1,0 +1,50 @@
+"""The zoo backend: starts the project's server on a free loopback port, reads its
+capabilities, and reports a dead server at once instead of retrying into it."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from benchmarks.backends.base import GenerateRequest, PartialBatchError
+from benchmarks.backends.zoo import ZooBackend
+from benchmarks.tiny import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_serves_over_http_with_all_capabilities(model: Path) -> None:
+    with ZooBackend(str(model)) as backend:
+        backend.check_ready()
+        assert backend.base_url and backend.base_url.startswith("http://127.0.0.1:")
+        assert backend.capabilities == {
+            "generate",
+            "logprobs",
+            "score",
+            "next_token_logits",
+            "prompt_embeds",
+        }
+        assert backend.context_length == 256
+        (result,) = backend.generate_batch([GenerateRequest("Q: 1\nA:", max_tokens=3)])
+        assert result.prompt_tokens == backend.count_tokens("Q: 1\nA:")
+    with ZooBackend(str(model), grey_box=False) as text_only:
+        text_only.check_ready()
+        assert "next_token_logits" not in text_only.capabilities
+
+
+def test_dead_server_is_reported_not_retried(model: Path) -> None:
+    backend = ZooBackend(str(model), backoff_s=5.0, max_retries=6)  # retrying would take long
+    try:
+        backend.check_ready()
+        os.kill(backend._handle.pid, signal.SIGKILL)
+        backend._handle.process.wait(10)
+        with pytest.raises(PartialBatchError, match=r"exited with code -9.*--resume"):
+            backend.generate_batch([GenerateRequest("Q: 1\nA:", max_tokens=3)])
+    finally:
+        backend.close()
