@@ -505,7 +505,7 @@ class BlackBoxTuner(ABC):
 
 
 methods: Registry[type[BlackBoxTuner]] = Registry(
-    "method", package="methods", entry_point_group="blackbox_bench.methods"
+    "method", package="methods", entry_point_group="blackbox_bench.methods", name_attr="name"
 )
 
 TunerT = TypeVar("TunerT", bound=type[BlackBoxTuner])
@@ -517,7 +517,6 @@ def register_method(name: str, *aliases: str) -> Callable[[TunerT], TunerT]:
     def decorator(cls: TunerT) -> TunerT:
         if not (isinstance(cls, type) and issubclass(cls, BlackBoxTuner)):
             raise BenchError(f"@register_method({name!r}) must decorate a BlackBoxTuner subclass")
-        cls.name = name
         methods.add(name, cls, *aliases)
         return cls
 
@@ -529,6 +528,4 @@ def get_method(name: str) -> type[BlackBoxTuner]:
     cls = methods.get(name)
     if not (isinstance(cls, type) and issubclass(cls, BlackBoxTuner)):
         raise BenchError(f"method {name!r} does not name a BlackBoxTuner subclass")
-    if not cls.name:  # an entry-point plugin without the decorator takes its entry-point name
-        cls.name = name
     return cls

@@ -38,12 +38,20 @@ class Registry(Generic[T]):
         package: a package whose modules are imported on first lookup, so that a new file
             with the decorator is found without editing any list.
         entry_point_group: the entry-point group scanned for out-of-tree plugins.
+        name_attr: a class attribute that registration fills with the registered name, so
+            registered classes (plugins loaded from entry points too) know their name.
     """
 
     def __init__(
-        self, kind: str, *, package: str | None = None, entry_point_group: str | None = None
+        self,
+        kind: str,
+        *,
+        package: str | None = None,
+        entry_point_group: str | None = None,
+        name_attr: str | None = None,
     ):
         self.kind = kind
+        self._name_attr = name_attr
         self._package = package
         self._group = entry_point_group
         self._items: dict[str, T] = {}
@@ -68,9 +76,15 @@ class Registry(Generic[T]):
                     key in self._aliases and self._aliases[key] != name
                 ):
                     raise BenchError(f"{self.kind} name {key!r} is registered twice")
+            self._name(name, obj)
             self._items[name] = obj
             for alias in aliases:
                 self._aliases[alias] = name
+
+    def _name(self, name: str, obj: T) -> None:
+        # Own attribute only: a subclass of a registered class must not keep its parent's name.
+        if self._name_attr and isinstance(obj, type) and not vars(obj).get(self._name_attr):
+            setattr(obj, self._name_attr, name)
 
     def _discover(self) -> None:
         with self._lock:
@@ -115,6 +129,7 @@ class Registry(Generic[T]):
                         f"{self.kind} plugin {key!r} ({ep.value}) failed to load: {exc}"
                     ) from exc
                 if key not in self._items:  # the import may have registered it already
+                    self._name(key, obj)
                     self._items[key] = obj
                 return self._items[key]
         raise UnknownNameError(self.unknown_message(name))

@@ -140,19 +140,13 @@ class Backend(ABC):
 
 
 backends: Registry[Callable[..., Backend]] = Registry(
-    "backend", package="benchmarks.backends", entry_point_group="blackbox_bench.backends"
+    "backend",
+    package="benchmarks.backends",
+    entry_point_group="blackbox_bench.backends",
+    name_attr="name",
 )
-
-
-def register_backend(name: str, *aliases: str) -> Callable[[type[Backend]], type[Backend]]:
-    """Class decorator: register a `Backend` subclass under ``name``."""
-
-    def decorator(cls: type[Backend]) -> type[Backend]:
-        cls.name = name
-        backends.add(name, cls, *aliases)
-        return cls
-
-    return decorator
+#: class decorator: ``@register_backend("name")`` registers a `Backend` subclass.
+register_backend = backends.register
 
 
 def make_backend(name: str, **options: Any) -> Backend:

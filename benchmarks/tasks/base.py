@@ -159,27 +159,15 @@ class Task(ABC):
 
 
 tasks: Registry[type[Task]] = Registry(
-    "task", package="benchmarks.tasks", entry_point_group="blackbox_bench.tasks"
+    "task", package="benchmarks.tasks", entry_point_group="blackbox_bench.tasks", name_attr="name"
 )
-
-
-def register_task(name: str, *aliases: str) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: register a `Task` subclass under ``name``."""
-
-    def decorator(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        tasks.add(name, cls, *aliases)
-        return cls
-
-    return decorator
+#: class decorator: ``@register_task("name")`` registers a `Task` subclass.
+register_task = tasks.register
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
     """An instance of the task registered as ``name``."""
-    cls = tasks.get(name)
-    if not cls.name:  # an entry-point plugin without the decorator
-        cls.name = name
-    return cls(**kwargs)
+    return tasks.get(name)(**kwargs)
 
 
 # -- loading helpers ----------------------------------------------------------------------

@@ -41,3 +41,17 @@ def test_decorator_returns_object() -> None:
         pass
 
     assert reg.get("klass") is K
+
+
+def test_classes_learn_their_registered_name_subclasses_included() -> None:
+    reg: Registry[type] = Registry("thing", name_attr="name")
+
+    @reg.register("parent")
+    class Parent:
+        name = ""
+
+    @reg.register("child")
+    class Child(Parent):
+        pass
+
+    assert Parent.name == "parent" and Child.name == "child"
