@@ -159,6 +159,8 @@ def test_incompatible_pair_is_refused_before_spending(tmp_path: Path, server: st
     assert cell.reason == "needs prompt_embeds"
     assert cell.usage == {}
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.json"))
+    assert main(["report", str(tmp_path / "r" / "x"), "--out", str(tmp_path / "rep")]) == 0
+    assert "n/a (needs prompt_embeds)" in (tmp_path / "rep" / "leaderboard.md").read_text()
 
 
 def test_resume_skips_finished_cells(tmp_path: Path, server: str) -> None:
