@@ -246,6 +246,20 @@ def total_tokens(summary: dict[str, Any], flavour: str = "billed", phase: str | 
     )
 
 
+def total_usd(
+    summary: dict[str, Any], flavour: str = "billed", phase: str | None = None
+) -> float | None:
+    """Dollars in a `summarize` result, all roles, one phase or both; None if any is unpriced."""
+    phases = [phase] if phase else list(PHASES)
+    total = 0.0
+    for p in phases:
+        for role in summary.get(flavour, {}).get(p, {}).values():
+            if role["usd"] is None:
+                return None
+            total += role["usd"]
+    return total
+
+
 def _default_device() -> str:
     try:
         import torch

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.metering import PHASES, total_tokens
+from benchmarks.metering import PHASES, total_tokens, total_usd
 from benchmarks.results import CellRecord, RunStore, write_atomic
 
 REFERENCE = "zero-shot"
@@ -24,12 +24,7 @@ FLAVOUR = "idealized"
 
 
 def _usd(record: CellRecord, phase: str) -> float | None:
-    total = 0.0
-    for role in record.usage.get(FLAVOUR, {}).get(phase, {}).values():
-        if role["usd"] is None:
-            return None
-        total += role["usd"]
-    return total
+    return total_usd(record.usage, FLAVOUR, phase)
 
 
 def _compute(record: CellRecord) -> tuple[float, str]:

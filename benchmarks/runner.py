@@ -20,7 +20,7 @@ from typing import Any
 from benchmarks.backends.base import Backend, make_backend
 from benchmarks.cache import DEFAULT_CACHE_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
-from benchmarks.metering import PriceTable, UsageMeter, total_tokens
+from benchmarks.metering import PriceTable, UsageMeter, total_tokens, total_usd
 from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
 from benchmarks.tasks.base import Task, get_task
 from methods.base import (
@@ -396,7 +396,7 @@ class Runner:
                         "done": len(rows),
                         "total": len(splits["test"]),
                         "tokens": total_tokens(summary, "billed"),
-                        "usd": _usd(summary),
+                        "usd": total_usd(summary, "billed"),
                     },
                 )
             wall["eval"] = round(time.perf_counter() - t0, 3)
@@ -447,16 +447,6 @@ class Runner:
         store.write_cell(record)
         self.on_event("cell_failed", {"cell": base["cell_id"], "reason": record.reason})
         return record
-
-
-def _usd(summary: dict[str, Any]) -> float | None:
-    total = 0.0
-    for phase in summary.get("billed", {}).values():
-        for role in phase.values():
-            if role["usd"] is None:
-                return None
-            total += role["usd"]
-    return total
 
 
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:

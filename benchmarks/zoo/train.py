@@ -197,7 +197,6 @@ def build_zoo(
     """Generate the corpus, train the shared tokenizer and each model in ``names``."""
     from benchmarks.tasks._zoo import zoo_corpus
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     docs = zoo_corpus(docs_per_task, seed)
     log(f"corpus: {len(docs)} documents, {sum(len(d) for d in docs) / 1e6:.1f}M characters")
     tok_dir = out_root / "_tokenizer"

@@ -57,3 +57,17 @@ def test_price_table_errors(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="not valid YAML"):
         PriceTable(bad)
     assert PriceTable().version
+
+
+def test_total_usd_sums_phases_and_is_na_when_any_call_is_unpriced() -> None:
+    from benchmarks.metering import total_usd
+
+    meter = UsageMeter()
+    meter.record(_call("tune", "task", 1_000_000, 0, cached=False))
+    meter.record(_call("eval", "task", 0, 1_000_000, cached=False))
+    s = meter.summary()
+    assert total_usd(s) == pytest.approx(0.15 + 0.60)
+    assert total_usd(s, phase="eval") == pytest.approx(0.60)
+    meter.record(_call("eval", "proposer", 1, 1, cached=False, model="unpriced"))
+    assert total_usd(meter.summary()) is None
+    assert total_usd(meter.summary(), phase="tune") == pytest.approx(0.15)
