@@ -53,6 +53,16 @@ from typing import Any, ClassVar
 
 from benchmarks.tasks.base import SPLITS, Split, Task
 from methods.base import Example
+from methods.prompting import (  # noqa: F401  (re-exported: the zoo's proposer API)
+    evoprompt_answer,
+    evoprompt_crossover_prompt,
+    evoprompt_de_prompt,
+    opro_answer,
+    opro_meta_prompt,
+    paraphrase_answer,
+    paraphrase_prompt,
+    parse_proposal,
+)
 from methods.registry import BenchError
 
 #: the seed of the generated world (names, facts). Fixed: the zoo models are trained on it, so
@@ -326,78 +336,6 @@ def _normalised_mix(mix: Mapping[str, float], styles: Sequence[str]) -> dict[str
     if total <= 0 or set(mix) - set(styles):
         raise ValueError(f"bad style mixture {dict(mix)} for styles {tuple(styles)}")
     return {s: mix.get(s, 0.0) / total for s in styles}
-
-
-# --------------------------------------------------------------------------------------------
-# Proposer templates (OPRO's text-bison meta-prompt, EvoPrompt's GA template), shared by the
-# corpus, the methods' zoo runs and the property check.
-# --------------------------------------------------------------------------------------------
-
-OPRO_HEADER = (
-    "I have some texts along with their corresponding scores. The texts are arranged in "
-    "ascending order based on their scores, where higher scores indicate better quality."
-)
-OPRO_EXEMPLAR_LEAD = (
-    "The following exemplars show how to apply your text: you replace <INS> in each input "
-    "with your text, then read the input and give an output."
-)
-OPRO_FOOTER = (
-    "Write your new text that is different from the old ones and has a score as high as "
-    "possible. Write the text in square brackets."
-)
-
-
-def opro_meta_prompt(
-    scored: Sequence[tuple[str, float]], exemplars: Sequence[tuple[str, str]] = ()
-) -> str:
-    """OPRO's meta-prompt (the text-bison variant, Yang et al. 2024): past instructions with
-    their scores (0-100) in ascending order, optional ``(input, answer)`` exemplars with the
-    instruction at Q_begin, then the request; the answer is expected in square brackets."""
-    parts = [OPRO_HEADER]
-    for text, score in sorted(scored, key=lambda pair: pair[1]):
-        parts.append(f"text:\n{' '.join(text.split())}\nscore:\n{round(score)}")
-    if exemplars:
-        shown = [f"input:\nQ: <INS>\n{q}\nA:\noutput:\n{a}" for q, a in exemplars]
-        parts.append("\n\n".join([OPRO_EXEMPLAR_LEAD, *shown]))
-    parts.append(OPRO_FOOTER)
-    return "\n\n".join(parts)
-
-
-def opro_answer(instruction: str) -> str:
-    """The completion a proposer gives to `opro_meta_prompt` (newline, then ``[text]``)."""
-    return f"\n[{instruction}]"
-
-
-def evoprompt_crossover_prompt(first: str, second: str) -> str:
-    """EvoPrompt's GA request (Guo et al. 2024), without its one-shot demonstration:
-    cross over two prompts, mutate, answer in ``<prompt></prompt>``."""
-    return (
-        "Please follow the instruction step-by-step to generate a better prompt.\n"
-        "1. Cross over the following prompts and generate a new prompt:\n"
-        f"Prompt 1: {' '.join(first.split())}\n"
-        f"Prompt 2: {' '.join(second.split())}\n"
-        "2. Mutate the prompt generated in Step 1 and generate a final prompt bracketed with "
-        "<prompt> and </prompt>."
-    )
-
-
-def evoprompt_answer(instruction: str) -> str:
-    """The completion a proposer gives to `evoprompt_crossover_prompt`."""
-    return f"\n<prompt>{instruction}</prompt>"
-
-
-_TAGGED = re.compile(r"<prompt>(.*?)</prompt>", re.S)
-_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
-
-
-def parse_proposal(text: str) -> str | None:
-    """The instruction in a proposer's output: the last ``<prompt>...</prompt>`` (EvoPrompt),
-    else the first ``[...]`` (OPRO); None if there is neither."""
-    tagged = _TAGGED.findall(text)
-    if tagged:
-        return tagged[-1].strip()
-    bracketed = _BRACKETED.search(text)
-    return bracketed.group(1).strip() if bracketed else None
 
 
 _FORBIDDEN = ("####", "<ins>", "<prompt>", "</prompt>", "[", "]", "q:", "a:", "score:", "text:")
