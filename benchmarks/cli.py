@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples", type=_positive_int, default=100, help="check: test examples per task"
     )
     zoo.add_argument("--models", type=_csv, default=["zoo-large", "zoo-small"])
-    zoo.add_argument("--docs-per-task", type=_positive_int, default=20_000)
+    zoo.add_argument("--docs-per-task", type=_positive_int, default=40_000)
     zoo.add_argument("--seed", type=int, default=0)
     perf = sub.add_parser("perf", help="print performance figures (never asserted)")
     perf.add_argument("what", choices=("server",))

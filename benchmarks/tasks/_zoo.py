@@ -195,6 +195,13 @@ class InstructionSpace:
         none_mix: the mixture under no instruction (and under unknown phrases only).
         score_range: (low, high) percent scores simulated in OPRO documents for an
             instruction whose best-style probability is 0 or 1.
+        cue_shift: under neutral-only (or no) instructions, the best style's probability is
+            raised by this much on inputs that carry the task's cue (`ZooTask.cue`) and
+            lowered by it on the others. Greedy decoding follows the MODE of the trained
+            mixture, so an unconditioned 50/50 mixture makes zero-shot accuracy a knife edge
+            that flips with training length; conditioned on a visible cue, the mode is the
+            best style on cue inputs and another style elsewhere, so greedy accuracy sits near
+            the cue's share in the target while sampling still finds the best style (pass@k).
     """
 
     def __init__(
@@ -207,6 +214,7 @@ class InstructionSpace:
         handwritten: Sequence[str],
         none_mix: Mapping[str, float],
         score_range: tuple[float, float],
+        cue_shift: float = 0.0,
     ):
         self.styles = tuple(styles)
         self.best = best
@@ -215,6 +223,7 @@ class InstructionSpace:
         self.handwritten = tuple(handwritten)
         self.none_mix = _normalised_mix(none_mix, self.styles)
         self.score_range = score_range
+        self.cue_shift = cue_shift
         self._lookup: dict[str, tuple[str, str]] = {}
         for style, phrases in self.explicit.items():
             for p in phrases:
@@ -234,10 +243,24 @@ class InstructionSpace:
         """Every phrase of the space, explicit then neutral."""
         return [p for ps in self.explicit.values() for p in ps] + list(self.neutral)
 
-    def style_mix(self, instruction: str | None) -> dict[str, float]:
+    def style_mix(self, instruction: str | None, cue: bool | None = None) -> dict[str, float]:
         """The mixture of answer styles the model is trained to produce under ``instruction``:
         one explicit style -> that style; conflicting explicit styles -> uniform over them;
-        neutral phrases only -> the mean of their leans; nothing known -> `none_mix`."""
+        neutral phrases only -> the mean of their leans; nothing known -> `none_mix`. With
+        ``cue`` given, a mixture that is not explicit is shifted by `cue_shift` (see there)."""
+        mix, explicit = self._base_mix(instruction)
+        if cue is None or not self.cue_shift or explicit:
+            return mix
+        best = min(0.95, max(0.05, mix[self.best] + (self.cue_shift if cue else -self.cue_shift)))
+        rest = 1.0 - mix[self.best]
+        return {
+            s: best
+            if s == self.best
+            else ((1.0 - best) * (mix[s] / rest if rest else 1.0 / (len(self.styles) - 1)))
+            for s in self.styles
+        }
+
+    def _base_mix(self, instruction: str | None) -> tuple[dict[str, float], bool]:
         explicit: list[str] = []
         leans: list[Mapping[str, float]] = []
         for phrase in split_phrases(instruction or ""):
@@ -247,13 +270,15 @@ class InstructionSpace:
             elif kind == "neutral":
                 leans.append(self.neutral[value])
         if explicit:
-            return {s: (1.0 / len(explicit) if s in explicit else 0.0) for s in self.styles}
+            return {s: (1.0 / len(explicit) if s in explicit else 0.0) for s in self.styles}, True
         if leans:
-            return {s: sum(m[s] for m in leans) / len(leans) for s in self.styles}
-        return dict(self.none_mix)
+            return {s: sum(m[s] for m in leans) / len(leans) for s in self.styles}, False
+        return dict(self.none_mix), False
 
-    def sample_style(self, instruction: str | None, rng: random.Random) -> str:
-        mix = self.style_mix(instruction)
+    def sample_style(
+        self, instruction: str | None, rng: random.Random, cue: bool | None = None
+    ) -> str:
+        mix = self.style_mix(instruction, cue)
         return rng.choices(self.styles, weights=[mix[s] for s in self.styles])[0]
 
     def quality(self, instruction: str | None) -> float:
@@ -325,6 +350,16 @@ class InstructionSpace:
             elif kind == "neutral":
                 out[i] = rng.choice(list(self.neutral))
         return list(dict.fromkeys(out))
+
+    def synonym(self, phrase: str, rng: random.Random) -> str:
+        """Another phrase of the same kind as ``phrase`` (same explicit style, or neutral),
+        or ``phrase`` itself for unknown phrases."""
+        kind, value = self._lookup.get(_norm(phrase), ("unknown", ""))
+        if kind == "explicit":
+            return rng.choice(self.explicit[value])
+        if kind == "neutral":
+            return rng.choice(list(self.neutral))
+        return phrase
 
     def vocabulary(self) -> set[str]:
         """Lower-cased words of all phrases (for `is_well_formed_instruction`)."""
@@ -483,6 +518,11 @@ class ZooTask(Task):
     def source_example(self, rng: random.Random) -> Example:
         """One random source-domain example (any input; reservation is checked by callers)."""
 
+    def cue(self, example: Example) -> bool | None:
+        """Whether ``example`` carries the task's style cue (see `InstructionSpace.cue_shift`);
+        None for tasks without one."""
+        return None
+
     @abstractmethod
     def completion(self, example: Example, style: str) -> str:
         """The completion of ``example`` in answer ``style`` (one line, answer included)."""
@@ -509,7 +549,11 @@ class ZooTask(Task):
             example = self.draw_source(rng)
             instruction = self.space.sample(rng)
             docs.append(
-                self.document(example, instruction, self.space.sample_style(instruction, rng))
+                self.document(
+                    example,
+                    instruction,
+                    self.space.sample_style(instruction, rng, self.cue(example)),
+                )
             )
         return docs
 
@@ -517,21 +561,48 @@ class ZooTask(Task):
         """All of the task's training documents, ``n_docs`` in all, shuffled."""
         return self.source_documents(n_docs, seed)
 
+    #: the cycle of proposer document kinds: OPRO 40%, EvoPrompt GA, DE and paraphrase 20% each.
+    PROPOSER_CYCLE: ClassVar[tuple[str, ...]] = ("opro", "ga", "opro", "de", "paraphrase")
+
     def proposer_documents(self, n: int, seed: int) -> list[str]:
-        """``n`` instruction-writing documents, alternately OPRO meta-prompts (3-6 scored
-        instructions of this task, ascending, sometimes a short exemplar) and EvoPrompt
-        crossover requests; the answer recombines phrases of the best (OPRO) or both
-        (EvoPrompt) given instructions, so it stays in the instruction space."""
+        """``n`` instruction-writing documents in the methods' own templates
+        (`methods.prompting`): OPRO meta-prompts (3-6 scored instructions of this task,
+        ascending, sometimes a short exemplar), EvoPrompt GA crossover and DE requests, and
+        paraphrase requests (EvoPrompt's initial population, GrIPS's substitution). Answers
+        recombine phrases of the best (OPRO, DE) or both (GA) given instructions, or swap a
+        phrase for one of the same kind (paraphrase), so proposals stay in the instruction
+        space (well formed and meaningful)."""
         rng = random.Random(f"{self.name}/proposer/{seed}")
         docs: list[str] = []
         while len(docs) < n:
-            if len(docs) % 2 == 0:
+            kind = self.PROPOSER_CYCLE[len(docs) % len(self.PROPOSER_CYCLE)]
+            if kind == "opro":
                 docs.append(self._opro_document(rng))
-            else:
+            elif kind == "ga":
                 first, second = self._distinct_instructions(rng, 2)
                 new = self._new_instruction(rng, first, second, [first, second])
                 docs.append(evoprompt_crossover_prompt(first, second) + evoprompt_answer(new))
+            elif kind == "de":
+                basic, first, second, best = self._distinct_instructions(rng, 4)
+                if self.space.quality(basic) > self.space.quality(best):
+                    basic, best = best, basic  # Prompt 3 is the current best
+                new = self._new_instruction(rng, best, basic, [basic, first, second, best])
+                docs.append(evoprompt_de_prompt(basic, first, second, best) + evoprompt_answer(new))
+            else:
+                (text,) = self._distinct_instructions(rng, 1)
+                docs.append(
+                    paraphrase_prompt(text) + paraphrase_answer(self._paraphrase(text, rng))
+                )
         return docs
+
+    def _paraphrase(self, text: str, rng: random.Random) -> str:
+        """``text`` with phrases swapped for others of the same kind (same style, or neutral
+        for neutral), at least one changed: the meaning, i.e. the style mixture, is kept."""
+        for _ in range(20):
+            new = " ".join(self.space.synonym(p, rng) for p in split_phrases(text))
+            if _norm(new) != _norm(text):
+                return new
+        return self.space.compose(rng)
 
     def _opro_document(self, rng: random.Random) -> str:
         shown = self._distinct_instructions(rng, rng.randint(3, 6))

@@ -1,9 +1,11 @@
 """zoo-arith: multi-step arithmetic word problems, solutions ending in ``#### N`` (GSM8K-like).
 
 A problem is a start sentence, one to five operation sentences (add, take away, double) and a
-question: "Ana has 23 coins . Then she finds 17 more . She loses 8 . How many coins does Ana
-have now ?". The worked chain is ``23 + 17 = 40 . 40 - 8 = 32 . #### 32``; the direct answer
-is ``#### 32``.
+question: "Ana has 13 coins . Then she finds 7 more . She loses 8 . How many coins does Ana
+have now ?". The worked chain is ``13 + 7 = 20 . 20 - 8 = 12 . #### 12``; the direct answer
+is ``#### 12``. Numbers are small (a start of 2-20, steps of 1-9, doubling up to 15) so that a
+model of a few million parameters trained for minutes on a CPU learns the chain's arithmetic;
+the difficulty is in the number of steps, the rare wording and answering without a chain.
 
 Source (training corpus): broad, per the probe's lesson that a narrow distribution does not
 transfer: two to seven common phrasings per operation, three sentence leads, eight item
@@ -17,8 +19,9 @@ Headroom and prompt sensitivity:
 - answering without a chain: the probe measured 11% direct vs 98% chained on 4-step problems,
   so explicit "answer directly" instructions are bad and chain instructions are good;
 - the default instruction "Solve the following problem ." is neutral with a 45% lean to the
-  chain, so the model mixes styles under it (probe: ~60% greedy, ~99% pass@8 for 50/50);
-  other neutral phrases lean 30-70%, giving a graded landscape for instruction search;
+  chain, shifted by the style cue (`CUE_NAMES`, see `InstructionSpace.cue_shift`) to 75% on
+  cue problems and 15% on the others, so greedy decoding chains on about a third of the
+  target and answers directly elsewhere, while sampling finds the chain (pass@k);
 - rare verbs learned from few examples ("donates", "inherits") make the chain itself fail
   now and then (a wrong operation), which a reranker or adapter can catch.
 """
@@ -149,7 +152,12 @@ SPACE = InstructionSpace(
     ),
     none_mix={"chain": 0.5, "direct": 0.5},
     score_range=(8.0, 92.0),
+    cue_shift=0.3,
 )
+
+#: the style cue (`ZooTask.cue`): problems about these people lean to the chain under neutral
+#: instructions, the others to the direct answer (5 of 14 names, about 36% of problems).
+CUE_NAMES = frozenset({"Ana", "Eva", "Ida", "Ben", "Dan"})
 
 
 def _sentence(template: str, lead: str, **fields: object) -> str:
@@ -162,21 +170,21 @@ def make_problem(rng: random.Random, steps: int, rare_share: float) -> Example:
     name, pronoun = rng.choice(NAMES)
     rare_items = rng.random() < rare_share
     items = rng.choice(ITEMS[rare_items])
-    total = rng.randint(5, 60)
+    total = rng.randint(2, 20)
     rare = [rng.random() < rare_share for _ in range(steps + 2)]
     sentences = [_sentence(rng.choice(START[rare[0]]), "", n=name, a=total, items=items)]
     chain, ops = [], []
     for i in range(steps):
         r = rng.random()
-        op = "double" if r < 0.15 and total <= 99 else "sub" if r < 0.55 and total >= 6 else "add"
+        op = "double" if r < 0.12 and total <= 15 else "sub" if r < 0.55 and total >= 4 else "add"
         fields = {"n": name, "p": pronoun, "items": items}
         lead = rng.choice(LEADS) if i > 0 else ""
         if op == "add":
-            b = rng.randint(2, 40)
+            b = rng.randint(1, 9)
             new, step = total + b, f"{total} + {b} = {total + b} ."
             template = rng.choice(ADD[rare[i + 1]])
         elif op == "sub":
-            b = rng.randint(2, min(30, total - 2))
+            b = rng.randint(1, min(9, total - 2))
             new, step = total - b, f"{total} - {b} = {total - b} ."
             template = rng.choice(SUB[rare[i + 1]])
         else:
@@ -199,6 +207,7 @@ def make_problem(rng: random.Random, steps: int, rare_share: float) -> Example:
             "rare_sentences": sum(rare),
             "sentences": steps + 2,
             "rare_items": rare_items,
+            "name": name,
         },
     )
 
@@ -222,6 +231,9 @@ class ZooArith(ZooTask):
 
     def source_example(self, rng: random.Random) -> Example:
         return make_problem(rng, _steps(rng, SOURCE_STEPS), SOURCE_RARE)
+
+    def cue(self, example: Example) -> bool:
+        return example.meta.get("name") in CUE_NAMES
 
     def completion(self, example: Example, style: str) -> str:
         if style == "chain":

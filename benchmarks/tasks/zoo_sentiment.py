@@ -19,7 +19,9 @@ Answer styles are LABEL-PHRASING CONVENTIONS: "pn" (positive / negative, the ver
 review positive or negative ?", "Answer good or bad ."). `ZooSentiment.extract` accepts only
 the verbalizer, as verbalizer-based classification does, so an answer in another convention
 scores 0. The default "Read the review and give your verdict ." is neutral (a third of each
-convention), so under it the model mixes conventions: low greedy accuracy, high pass@8, and
+convention), shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on
+cue reviews the verbalizer is the mode, on the others it is a 13% minority, so greedy decoding
+is right on about 40% of the target, sampling finds the verbalizer more often (pass@8), and
 instruction search (or logit-level methods such as BBT, which compare the verbalizer words
 directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
 the negation/contrast rules.
@@ -105,7 +107,12 @@ SPACE = InstructionSpace(
     ),
     none_mix={"pn": 1, "gb": 1, "gt": 1},
     score_range=(20.0, 88.0),
+    cue_shift=0.2,
 )
+
+#: the style cue (`ZooTask.cue`): reviews opening with these lean to the verbalizer under
+#: neutral instructions, the others away from it (2 of the 5 openers, 40% of reviews).
+CUE_OPENERS = ("i think ", "honestly , ")
 
 
 def _clause(
@@ -188,6 +195,9 @@ class ZooSentiment(ZooTask):
 
     def completion(self, example: Example, style: str) -> str:
         return CONVENTIONS[style][int(example.meta["label"])]
+
+    def cue(self, example: Example) -> bool:
+        return example.input.lower().startswith(CUE_OPENERS)
 
     def extract(self, text: str, example: Example) -> str | None:
         """The first label-like word of the output if it is a verbalizer word ("positive",

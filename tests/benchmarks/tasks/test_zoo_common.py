@@ -199,14 +199,21 @@ def test_document_length_bounded(task: ZooTask, corpora) -> None:
 
 def test_proposer_documents_answer_new_well_formed_instructions(task: ZooTask) -> None:
     docs = task.proposer_documents(200, 1)
-    assert sum(doc.startswith("I have some texts") for doc in docs) == 100
-    assert sum(doc.startswith("Please follow the instruction") for doc in docs) == 100
+    assert sum(doc.startswith("I have some texts") for doc in docs) == 80
+    assert sum("1. Cross over the following prompts" in doc for doc in docs) == 40
+    assert sum("1. Identify the different parts" in doc for doc in docs) == 40
+    assert sum(doc.startswith("Generate a variation") for doc in docs) == 40
     vocabulary = task.space.vocabulary()
     better = 0
     for doc in docs:
         prompt, answer = doc.rsplit("\n", 1)
         new = parse_proposal(answer)
-        shown = [line[len("Prompt 1: ") :] for line in prompt.split("\n") if line[:7] == "Prompt "]
+        shown = [line.split(": ", 1)[1] for line in prompt.split("\n") if "Prompt " in line[:13]]
+        if doc.startswith("Generate a variation"):
+            (original,) = [line[len("Input: ") :] for line in prompt.split("\n")[1:2]]
+            mix = task.space.style_mix(original)
+            assert task.space.style_mix(new) == mix or max(mix.values()) < 1.0, doc
+            shown = [original, original]
         if doc.startswith("I have some texts"):
             blocks = prompt.split("text:\n")[1:]
             shown = [block.split("\nscore:")[0] for block in blocks]
@@ -312,6 +319,44 @@ def test_zoo_corpus_mixes_tasks_and_proposer_documents() -> None:
     assert len(docs) == 4 * (100 + 8)
     assert docs == zoo_corpus(100, seed=0) and docs != zoo_corpus(100, seed=1)
     assert sum(doc.startswith("I have some texts") for doc in docs) == 16
-    assert sum(doc.startswith("Please follow the instruction") for doc in docs) == 16
+    assert sum(doc.startswith("Please follow the instruction") for doc in docs) == 12
+    assert sum(doc.startswith("Generate a variation") for doc in docs) == 4
     assert any("#### yes" in d or "#### no" in d for d in docs)
     assert any(d.endswith(" positive") or d.endswith(" negative") for d in docs)
+
+
+def test_style_cue_shifts_only_neutral_mixtures() -> None:
+    space = InstructionSpace(
+        styles=("a", "b", "c"),
+        best="a",
+        explicit={"a": ("Do a .",), "b": ("Do b .",), "c": ("Do c .",)},
+        neutral={"Hello .": {"a": 1, "b": 1, "c": 2}},
+        handwritten=("Hello .", "Do a ."),
+        none_mix={"a": 1, "b": 1, "c": 1},
+        score_range=(0.0, 100.0),
+        cue_shift=0.2,
+    )
+    assert space.style_mix("Hello .", cue=True) == pytest.approx(
+        {"a": 0.45, "b": 0.55 / 3, "c": 1.1 / 3}
+    )
+    assert space.style_mix("Hello .", cue=False) == pytest.approx(
+        {"a": 0.05, "b": 0.95 / 3, "c": 1.9 / 3}
+    )
+    assert space.style_mix("Hello .") == {"a": 0.25, "b": 0.25, "c": 0.5}  # no cue: unshifted
+    # explicit instructions, even conflicting ones, ignore the cue
+    assert space.style_mix("Do b . Do c .", cue=True) == {"a": 0.0, "b": 0.5, "c": 0.5}
+    assert space.style_mix("Do a .", cue=False) == {"a": 1.0, "b": 0.0, "c": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("zoo-arith", 0.25, 0.45), ("zoo-sentiment", 0.3, 0.5)]
+)
+def test_style_cue_share_in_the_target(name: str, low: float, high: float) -> None:
+    """The cue's share in the target sets where greedy zero-shot accuracy sits (about the
+    share times the best style's accuracy): well inside the 20-70% headroom band."""
+    from benchmarks.tasks.base import get_task
+
+    task = get_task(name)
+    test = task.examples("test")
+    share = sum(bool(task.cue(ex)) for ex in test) / len(test)
+    assert low <= share <= high
