@@ -294,6 +294,9 @@ class TuneContext:
         on_event: progress callback ``(event, fields)``; methods never print.
         device: "cuda" when a GPU is available for white-box work, else "cpu".
         workdir: a scratch directory for large intermediate files, or None.
+        resolve_model: a white-box model name (``zoo-small``) or local directory -> the local
+            directory holding it (transformers format). Methods never download: the harness
+            resolves names to local files and raises a one-line error for unknown ones.
     """
 
     seed: int = 0
@@ -301,6 +304,14 @@ class TuneContext:
     on_event: Callable[[str, Mapping[str, Any]], None] = lambda event, fields: None
     device: str = "cpu"
     workdir: Path | None = None
+    resolve_model: Callable[[str], Path] = field(default=lambda name: _local_model_dir(name))
+
+
+def _local_model_dir(name: str) -> Path:
+    path = Path(name)
+    if not path.is_dir():
+        raise BenchError(f"white-box model {name!r}: not a local model directory")
+    return path
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,9 @@ class AdaptedPolicy(ABC):
 
     #: the key under which the policy type is registered (written into policy.json).
     kind: ClassVar[str]
+    #: times white-box work at inference (adapter scoring, small-model forward passes); the
+    #: harness sets it to the cell's meter before predicting, in the eval phase.
+    compute: ComputeMeter = _NoCompute()
 
     @abstractmethod
     def predict(
