@@ -56,7 +56,6 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -68,14 +67,14 @@ from methods.base import (
     BlackBoxTuner,
     CallPlan,
     Example,
-    Prediction,
     PromptPolicy,
     TaskLike,
     TuneContext,
-    policy_types,
     register_method,
 )
-from methods.prompting import (
+from methods.prompting import (  # LabelLikelihoodPolicy: re-exported, the policy GrIPS returns
+    LabelLikelihoodPolicy,
+    is_labelled,
     label_logprobs,
     label_mode,
     normalize_instruction,
@@ -297,14 +296,10 @@ def _start_instruction(task: TaskLike, cfg: GripsConfig) -> str | None:
     return " ".join(split_phrases(text))
 
 
-def _is_labelled(task: TaskLike) -> bool:
-    return task.kind == "classification" and bool(task.labels)
-
-
 def _calls_per_prompt(task: TaskLike) -> int:
     """Calls per scored prompt, at worst: one per label in "score" mode (each (prompt, label)
     pair is one call); one in "next_token", "parsed" and accuracy scoring."""
-    return len(task.labels or ()) if _is_labelled(task) else 1
+    return len(task.labels or ()) if is_labelled(task) else 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -437,7 +432,7 @@ class InstructionScorer:
         self.backend = backend
         self.examples = list(examples)
         self.entropy_weight = entropy_weight
-        self.mode = label_mode(task, backend) if _is_labelled(task) else "accuracy"
+        self.mode = label_mode(task, backend) if is_labelled(task) else "accuracy"
         self.labels = list(task.labels or ())
         self.gold = [self.label_index(ex.target) for ex in self.examples]
         self.memo: dict[str, float] = {}
@@ -724,42 +719,3 @@ class EditSearch:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-# ------------------------------------------------------------------------------------------
-# The policy: the instruction, with labels read by likelihood.
-# ------------------------------------------------------------------------------------------
-
-
-@policy_types.register("label-likelihood")
-@dataclass
-class LabelLikelihoodPolicy(PromptPolicy):
-    """An instruction whose classification answers are the most likely label word
-    (`label_logprobs`, normalised over the label set), as GrIPS predicts. Falls back to
-    parsing greedy text when the backend offers neither ``score`` nor ``next_token_logits``
-    or the task has no label set."""
-
-    kind: ClassVar[str] = "label-likelihood"
-
-    def predict(
-        self, examples: Sequence[Example], *, task: TaskLike, backend: BlackBox
-    ) -> list[Prediction]:
-        mode = label_mode(task, backend) if _is_labelled(task) else "parsed"
-        if mode not in ("score", "next_token"):
-            return super().predict(examples, task=task, backend=backend)
-        labels = list(task.labels or ())
-        prompts = [self.prompt(ex, task) for ex in examples]
-        logprobs = label_logprobs(prompts, task=task, backend=backend, mode=mode)
-        out = []
-        for ex, row in zip(examples, logprobs, strict=True):
-            label = labels[int(np.argmax(row))]
-            extra = {"label_logprobs": {lab: float(v) for lab, v in zip(labels, row, strict=True)}}
-            out.append(Prediction(ex.id, label, label, extra))
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any], directory: Path) -> LabelLikelihoodPolicy:
-        return cls(
-            instruction=data.get("instruction"),
-            demos=tuple(Example.from_json(d) for d in data.get("demos", [])),
-        )

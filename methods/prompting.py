@@ -12,7 +12,10 @@ Scoring is batched: all (instruction, example) prompts of a round go to the blac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,8 +25,11 @@ from methods.base import (
     SCORE,
     BlackBox,
     Example,
+    Prediction,
+    PromptPolicy,
     TaskLike,
     answer_with_prompts,
+    policy_types,
 )
 from methods.registry import BenchError
 
@@ -204,7 +210,10 @@ def label_logprobs(
         raw = backend.next_token_logprobs(list(prompts))[:, ids]
     elif mode == "parsed":
         outs = backend.generate(
-            list(prompts), n=1, temperature=0.0, max_tokens=task.max_tokens,
+            list(prompts),
+            n=1,
+            temperature=0.0,
+            max_tokens=task.max_tokens,
             stop=list(task.stop) or None,
         )
         raw = np.full((len(prompts), len(labels)), -np.inf)
@@ -230,9 +239,7 @@ def label_token_ids(labels: Sequence[str], vocabulary: Sequence[str]) -> list[in
     ids: list[int] = []
     for label in labels:
         target = " " + label
-        best = next(
-            (target[:k] for k in range(len(target), 0, -1) if target[:k] in by_text), None
-        )
+        best = next((target[:k] for k in range(len(target), 0, -1) if target[:k] in by_text), None)
         if best is None or best == " ":
             raise BenchError(f"label {label!r} has no first token in the vocabulary")
         ids.append(by_text[best])
@@ -257,3 +264,47 @@ def unique_instructions(candidates: Iterable[str | None], seen: Iterable[str | N
             taken.add(key)
             out.append(" ".join(text.split()))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# A prompt whose classification answers are read by likelihood.
+# --------------------------------------------------------------------------------------------
+
+
+@policy_types.register("label-likelihood")
+@dataclass
+class LabelLikelihoodPolicy(PromptPolicy):
+    """An instruction whose classification answers are the most likely label word
+    (`label_logprobs`, normalised over the label set), as GrIPS predicts. Falls back to
+    parsing greedy text when the backend offers neither ``score`` nor ``next_token_logits``
+    or the task has no label set."""
+
+    kind: ClassVar[str] = "label-likelihood"
+
+    def predict(
+        self, examples: Sequence[Example], *, task: TaskLike, backend: BlackBox
+    ) -> list[Prediction]:
+        mode = label_mode(task, backend) if is_labelled(task) else "parsed"
+        if mode not in ("score", "next_token"):
+            return super().predict(examples, task=task, backend=backend)
+        labels = list(task.labels or ())
+        prompts = [self.prompt(ex, task) for ex in examples]
+        logprobs = label_logprobs(prompts, task=task, backend=backend, mode=mode)
+        out = []
+        for ex, row in zip(examples, logprobs, strict=True):
+            label = labels[int(np.argmax(row))]
+            extra = {"label_logprobs": {lab: float(v) for lab, v in zip(labels, row, strict=True)}}
+            out.append(Prediction(ex.id, label, label, extra))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], directory: Path) -> LabelLikelihoodPolicy:
+        return cls(
+            instruction=data.get("instruction"),
+            demos=tuple(Example.from_json(d) for d in data.get("demos", [])),
+        )
+
+
+def is_labelled(task: TaskLike) -> bool:
+    """Whether ``task`` is a classification task with label words (likelihood scoring applies)."""
+    return task.kind == "classification" and bool(task.labels)

@@ -2,6 +2,11 @@
 
 The reference row of every leaderboard: each method's gain is measured against it. No
 tuning calls; inference is one greedy call per example.
+
+``zero-shot-likelihood`` is the same untuned prompt with classification answers read as the
+most likely label word (the scoring of BBT, GrIPS and LM-BFF) instead of parsed from greedy
+text. Tuners that predict by likelihood owe part of their gain over ``zero-shot`` to that
+reading alone; this row separates it from what their search found.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from methods.base import (
     TuneContext,
     register_method,
 )
+from methods.prompting import LabelLikelihoodPolicy, is_labelled
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class ZeroShotConfig:
     instruction_index: int = 0
     #: use no instruction at all (the bare template), as in Kojima et al.'s plain zero-shot.
     bare: bool = False
+    #: read classification answers as the most likely label word (``score`` or
+    #: ``next_token_logits``) instead of parsing greedy text; other tasks are unaffected.
+    label_likelihood: bool = False
 
 
 @register_method("zero-shot", "zeroshot")
@@ -47,7 +56,21 @@ class ZeroShot(BlackBoxTuner):
         proposer: BlackBox | None = None,
         context: TuneContext | None = None,
     ) -> AdaptedPolicy:
-        if self.config.bare or not task.instructions:
-            return PromptPolicy(instruction=None)
-        index = min(self.config.instruction_index, len(task.instructions) - 1)
-        return PromptPolicy(instruction=task.instructions[index])
+        instruction = None
+        if not self.config.bare and task.instructions:
+            instruction = task.instructions[
+                min(self.config.instruction_index, len(task.instructions) - 1)
+            ]
+        if self.config.label_likelihood and is_labelled(task):
+            return LabelLikelihoodPolicy(instruction=instruction)
+        return PromptPolicy(instruction=instruction)
+
+
+@register_method("zero-shot-likelihood", "zero-shot-ll")
+class ZeroShotLikelihood(ZeroShot):
+    """The untuned prompt, classification labels read by likelihood (see the module doc)."""
+
+    requires = frozenset({"score|next_token_logits"})
+
+    def __init__(self, config: ZeroShotConfig | None = None, **overrides: object):
+        super().__init__(config, **{"label_likelihood": True, **overrides})
