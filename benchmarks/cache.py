@@ -5,6 +5,8 @@ sample index, so `n` samples are cached as n entries and never collapse into one
 identities carry no keys or URLs, so the same model behind another endpoint hits the cache.
 Each entry is its own file, written to a temporary name and renamed into place: readers see
 a whole entry or none, and concurrent writers need no lock (no "database is locked").
+Entries are plain JSON (never pickle), and keys are built from requests that carry no
+secrets (backend identities exclude keys and URLs).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class ResponseCache:
             return
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        # The temporary name does not end in .json: a writer killed mid-way leaves no entry.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 # The request is kept beside the value so a miss can be debugged by diffing.

@@ -1,16 +1,22 @@
 """`bench`: run grids of methods × tasks × seeds, list components, report, manage the cache.
 
 Every flag of `bench run` can also come from a YAML file (``--config run.yaml``, keys as the
-flags' long names with ``_`` for ``-``); flags given on the command line win. Errors in
-input are one line on stderr and exit code 2; a run with failed cells exits 1.
+flags' long names with ``_`` for ``-``, values type-checked like the flags); flags given on
+the command line win.
+
+Exit codes: 0 every cell ok (or refused: n/a); 1 some cell failed or hit a spending cap;
+2 bad input, or refused before spending (a projection over a cap); 3 the run stopped because
+the endpoint went away (finished cells kept: continue with ``--resume``); 130 interrupted.
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit 2) and no usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"bench: error: {message} (see `{self.prog} --help`)\n")
+        sys.stderr.write(error_line(f"{message} (see `{self.prog} --help`)") + "\n")
         raise SystemExit(2)
 
 
@@ -56,17 +62,62 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _assignment(text: str) -> tuple[str, str, Any]:
     """``name.key=value`` -> (name, key, typed value)."""
     head, sep, raw = text.partition("=")
     name, dot, key = head.rpartition(".")
     if not sep or not dot or not name or not key:
         raise argparse.ArgumentTypeError(f"expected NAME.KEY=VALUE, got {text!r}")
-    try:
-        value = yaml.safe_load(raw)  # typed scalars: 3 -> int, 0.5 -> float, true -> bool
-    except yaml.YAMLError:
-        value = raw
-    return name, key, value
+    return name, key, parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value, typed: integers and floats (``3``, ``0.5``, ``1e-5``, ``nan``),
+    ``true``/``false``, ``null``, YAML flow lists and mappings (``[1, 2]``, ``{a: 1}``); any
+    other text is the string itself. Unlike YAML 1.1, ``yes``/``no``/``on``/``off`` stay
+    strings and ``1e-5`` is a number."""
+    text = raw.strip()
+    words = {"true": True, "false": False, "null": None, "~": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for number in (int, float):
+        try:
+            return number(text.replace("_", "x"))  # no digit separators: "1_0" is text
+        except ValueError:
+            pass
+    if text[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return raw
+    return raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +181,52 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", type=Path, default=None)
     run.add_argument("--no-cache", action="store_true", default=None)
     run.add_argument("--prices", type=Path, default=None, help="price table YAML")
+    caps = run.add_argument_group(
+        "spending caps",
+        "Caps on billed spending (cache hits are free): --max-* for the whole run (a resumed "
+        "run counts what its finished cells billed), --max-cell-* for each cell. Before "
+        "anything starts, the projected spend is checked against them (the run is refused, "
+        "with the projection, if it is over; --dry-run shows the check too); while running, a "
+        "call that could pass a cap is not sent: the cell stops, keeps its finished "
+        "predictions and is marked budget_exhausted. A dollar cap needs the model's price "
+        "(see --prices).",
+    )
+    for scope, what in (("", "the whole run"), ("cell-", "each cell")):
+        caps.add_argument(
+            f"--max-{scope}usd",
+            type=_non_negative_float,
+            default=None,
+            metavar="USD",
+            help=f"dollars {what} may spend",
+        )
+        caps.add_argument(
+            f"--max-{scope}tokens",
+            type=_non_negative_int,
+            default=None,
+            metavar="N",
+            help=f"prompt + completion tokens {what} may spend",
+        )
+        caps.add_argument(
+            f"--max-{scope}calls",
+            type=_non_negative_int,
+            default=None,
+            metavar="N",
+            help=f"model calls (prompts sent) {what} may make",
+        )
+    run.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds before one attempt of a call times out and is retried (default 60)",
+    )
+    run.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        default=None,
+        help="retries of a call that fails transiently: 429, 5xx, timeouts, dropped or "
+        "malformed answers (default 6)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -158,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve next-token distributions and soft-prompt input",
     )
+    from benchmarks.faults import add_fault_arguments
+
+    add_fault_arguments(serve)
     zoo = sub.add_parser("zoo", help="build the model zoo")
     zoo.add_argument("action", choices=("train", "check"))
     zoo.add_argument(
@@ -200,6 +300,134 @@ _RUN_KEYS = {
     "no_cache",
     "prices",
     "dry_run",
+    "max_usd",
+    "max_tokens",
+    "max_calls",
+    "max_cell_usd",
+    "max_cell_tokens",
+    "max_cell_calls",
+    "request_timeout",
+    "max_retries",
+}
+
+
+# -- config file values: each key's check (the flags' own types, for values from YAML) ------
+
+
+def _want_str(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("a string")
+    return str(value)
+
+
+def _want_names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return _csv(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value if v.strip()]
+    raise ValueError("a comma-separated string or a list of names")
+
+
+def _want_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _want_int(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return check
+
+
+def _want_number(*, positive: bool) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError("a positive number" if positive else "a number >= 0")
+        return float(value)
+
+    return check
+
+
+def _want_seeds(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        try:
+            return _seeds(value)
+        except argparse.ArgumentTypeError:
+            pass
+    if isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return list(value)
+    raise ValueError("an integer, a list of integers or a string like 0,1,2")
+
+
+def _want_choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+def _want_options(value: Any) -> Any:
+    """{name: {key: value}} or a list of "NAME.KEY=VALUE" strings."""
+    if isinstance(value, dict):
+        for name, options in value.items():
+            if not isinstance(name, str) or not isinstance(options, dict):
+                raise ValueError("a mapping of names to mappings of options")
+            if not all(isinstance(k, str) for k in options):
+                raise ValueError("a mapping of names to mappings of options")
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        try:
+            return [_assignment(v) for v in value]
+        except argparse.ArgumentTypeError:
+            pass
+    raise ValueError('a mapping {name: {key: value}} or a list of "NAME.KEY=VALUE" strings')
+
+
+_CONFIG_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "methods": _want_names,
+    "tasks": _want_names,
+    "backend": _want_str,
+    "model": _want_str,
+    "base_url": _want_str,
+    "api": _want_choice("chat", "completions"),
+    "api_key_env": _want_str,
+    "api_key_file": _want_str,
+    "capabilities": _want_str,
+    "concurrency": _want_int(1),
+    "proposer": _want_str,
+    "proposer_base_url": _want_str,
+    "seeds": _want_seeds,
+    "budget": _want_choice("light", "medium", "heavy", "paper"),
+    "limit": _want_int(1),
+    "data_dir": _want_str,
+    "method_options": _want_options,
+    "task_options": _want_options,
+    "results_dir": _want_str,
+    "run_id": _want_str,
+    "resume": _want_bool,
+    "cache_dir": _want_str,
+    "no_cache": _want_bool,
+    "prices": _want_str,
+    "dry_run": _want_bool,
+    "max_usd": _want_number(positive=False),
+    "max_tokens": _want_int(0),
+    "max_calls": _want_int(0),
+    "max_cell_usd": _want_number(positive=False),
+    "max_cell_tokens": _want_int(0),
+    "max_cell_calls": _want_int(0),
+    "request_timeout": _want_number(positive=True),
+    "max_retries": _want_int(0),
 }
 
 
@@ -219,7 +447,14 @@ def _merge_config(args: argparse.Namespace) -> dict[str, Any]:
             if norm not in _RUN_KEYS:
                 valid = ", ".join(sorted(_RUN_KEYS))
                 raise BenchError(f"--config {args.config}: unknown key {key!r}; valid: {valid}")
-            values[norm] = value
+            if value is None:
+                continue  # `key:` with no value: as if absent
+            try:
+                values[norm] = _CONFIG_CHECKS[norm](value)
+            except ValueError as exc:
+                raise BenchError(
+                    f"--config {args.config}: {key} must be {exc}, got {type(value).__name__}"
+                ) from None
     for key in _RUN_KEYS:
         value = getattr(args, key, None)
         if value is not None:
@@ -243,6 +478,7 @@ def _as_list(value: Any) -> list[str]:
 
 def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """A `RunConfig` from flags and config file, plus whether this is a dry run."""
+    from benchmarks.metering import Limits
     from benchmarks.runner import BackendSpec, RunConfig
     from methods.base import methods as method_registry
 
@@ -251,11 +487,18 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     model = v.get("model", DEFAULT_MODEL if backend_name == DEFAULT_BACKEND else None)
     if model is None:
         raise BenchError(f"--model is required with --backend {backend_name}")
+    for key in ("methods", "tasks"):
+        if key in v and not _as_list(v[key]):
+            raise BenchError(f"--{key} is empty; name at least one (see `bench ls {key}`)")
     options = {
         k: v[k]
         for k in ("base_url", "api", "api_key_env", "api_key_file", "capabilities", "concurrency")
         if v.get(k) is not None
     }
+    if v.get("request_timeout") is not None:
+        options["timeout_s"] = float(v["request_timeout"])
+    if v.get("max_retries") is not None:
+        options["max_retries"] = int(v["max_retries"])
     if "api_key_file" in options:
         options["api_key_file"] = str(options["api_key_file"])
     backend = BackendSpec(backend_name, str(model), options)
@@ -287,6 +530,12 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         resume=bool(v.get("resume", False)),
         use_cache=not v.get("no_cache", False),
         prices=Path(v["prices"]) if v.get("prices") else None,
+        limits=Limits(usd=v.get("max_usd"), tokens=v.get("max_tokens"), calls=v.get("max_calls")),
+        cell_limits=Limits(
+            usd=v.get("max_cell_usd"),
+            tokens=v.get("max_cell_tokens"),
+            calls=v.get("max_cell_calls"),
+        ),
     )
     if v.get("cache_dir"):
         config.cache_dir = Path(v["cache_dir"])
@@ -299,14 +548,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, dry_run = run_config_from_args(args)
     console = RunConsole()
-    with Runner(config, on_event=console.event) as runner:
+
+    def on_event(event: str, fields: dict[str, Any]) -> None:
+        console.event(event, fields)
+        if event == "cell_budget_exhausted":
+            console.close_bar()
+            console.console.print(f"  {fields['cell']}: BUDGET EXHAUSTED: {fields['reason']}")
+
+    with Runner(config, on_event=on_event) as runner:
         plan = runner.plan()
         console.print_plan(plan, runner)
         if dry_run:
+            runner.check_limits(plan)
             return 0
         records = runner.run(plan)
     console.print_results(records, plan.store)
-    return 1 if any(r.status == "failed" for r in records) else 0
+    return 1 if any(r.status in ("failed", "budget_exhausted") for r in records) else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -314,15 +571,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from benchmarks.tasks.base import tasks
     from methods.base import get_method, methods
 
+    # A plugin that fails to load is listed with the reason, never breaks the listing.
     if args.what == "methods":
         for name in methods.names():
-            cls = get_method(name)
+            try:
+                cls = get_method(name)
+            except BenchError as exc:
+                print(f"{name:24} unavailable: {exc}")
+                continue
             needs = ", ".join(sorted(r.replace("|", " or ") for r in cls.requires))
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:24} needs: {needs:40} {doc}")
     elif args.what == "tasks":
         for name in tasks.names():
-            task_cls = tasks.get(name)
+            try:
+                task_cls = tasks.get(name)
+            except BenchError as exc:
+                print(f"{name:18} unavailable: {exc}")
+                continue
             print(f"{name:18} {task_cls.kind:16} {task_cls.description}")
     else:
         for name in backends.names():
@@ -361,7 +627,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from benchmarks.faults import fault_spec
     from benchmarks.server import main as serve_main
+
+    fault_spec(args)  # a bad --faults/--fault-kinds is a one-line error here, before loading
 
     model_dir = _resolve_model_dir(args.model)
     argv = [
@@ -376,6 +645,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     if args.grey_box:
         argv.append("--grey-box")
+    if args.faults is not None:
+        argv += ["--faults", str(args.faults), "--fault-seed", str(args.fault_seed)]
+        argv += ["--fault-delay", str(args.fault_delay)]
+        if args.fault_kinds:
+            argv += ["--fault-kinds", args.fault_kinds]
     return int(serve_main(argv) or 0)
 
 
@@ -442,12 +716,32 @@ COMMANDS = {
 }
 
 
+#: error lines longer than this are cut in the middle (a huge input echoed back stays legible).
+MAX_ERROR_CHARS = 2000
+
+
+def error_line(exc: BaseException | str) -> str:
+    """``bench: error: ...`` for ``exc``: its middle cut when it is very long, and bytes that
+    are not text (undecodable command-line arguments) escaped, so it always prints."""
+    text = str(exc)
+    if len(text) > MAX_ERROR_CHARS:
+        half = MAX_ERROR_CHARS // 2
+        text = f"{text[:half]} [... {len(text) - 2 * half} characters ...] {text[-half:]}"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"bench: error: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmarks.errors import BackendUnavailable
+
     try:
         return COMMANDS[args.command](args)
+    except BackendUnavailable as exc:
+        sys.stderr.write(error_line(exc) + "\n")
+        return 3
     except BenchError as exc:
-        sys.stderr.write(f"bench: error: {exc}\n")
+        sys.stderr.write(error_line(exc) + "\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("bench: interrupted; finished cells are kept (continue with --resume)\n")

@@ -5,6 +5,10 @@ judge); the meter's current phase (tune, eval) is set by the runner. Every promp
 is one call: it is looked up in the cache sample by sample, only the missing samples are sent
 (in one batch to the backend, which runs them concurrently), and one `CallRecord` is written
 per call, flagged `cached` when nothing had to be sent.
+
+With a `SpendingGuard`, the calls a batch would send are first reserved against the spending
+caps: those that fit are sent, the rest are not, and `BudgetExhausted` is raised once the
+admitted ones are metered and cached (so what was paid for is kept).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from benchmarks.backends.base import (
     ScoreRequest,
 )
 from benchmarks.cache import ResponseCache, cache_key
-from benchmarks.metering import CallRecord, UsageMeter
+from benchmarks.errors import BudgetExhausted
+from benchmarks.metering import CallRecord, Reservation, SpendingGuard, UsageMeter
 from methods.base import (
     GENERATE,
     LOGPROBS,
@@ -98,11 +103,16 @@ class MeteredBlackBox:
         meter: UsageMeter,
         role: str = "task",
         cache: ResponseCache | None = None,
+        guard: SpendingGuard | None = None,
     ):
         self.backend = backend
         self.meter = meter
         self.role = role
         self.cache = cache or ResponseCache(enabled=False)
+        self.guard = guard if guard is not None and guard.active else None
+        # A backend that overrides count_tokens counts with the serving tokenizer; the base
+        # class only estimates (4 characters a token), so caps then bound a prompt by bytes.
+        self._exact_tokens = type(backend).count_tokens is not Backend.count_tokens
         self.model = backend.model
         self.capabilities = frozenset(backend.capabilities)
         self.context_length = backend.context_length
@@ -115,6 +125,36 @@ class MeteredBlackBox:
             raise CapabilityError(
                 f"{self.backend.name} backend ({self.model}) does not offer {capability!r}; "
                 f"it offers: {', '.join(sorted(self.capabilities))}"
+            )
+
+    def _prompt_bound(self, text: str) -> int:
+        """At least the prompt tokens the endpoint will bill for ``text``."""
+        if self._exact_tokens:
+            return self.backend.count_tokens(text)
+        # Byte-level BPE never makes more tokens than bytes; 16 covers a chat template.
+        return len(text.encode("utf-8")) + 16
+
+    def _reserve(
+        self, bounds: Callable[[], list[tuple[int, int]]], n: int
+    ) -> tuple[list[Reservation | None], BudgetExhausted | None]:
+        """Reservations for ``n`` calls to send (None each without a guard), and the refusal
+        of those beyond the caps. ``bounds`` gives each call's (prompt, completion) bound."""
+        if self.guard is None or n == 0:
+            return [None] * n, None
+        admitted, refusal = self.guard.reserve(self.model, bounds())
+        return list(admitted), refusal
+
+    def _settle(self, ticket: Reservation | None, result: CallResult[Any] | None) -> None:
+        if self.guard is None or ticket is None:
+            return
+        if result is None:
+            self.guard.settle(ticket, answered=False)
+        else:
+            self.guard.settle(
+                ticket,
+                answered=True,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
             )
 
     def _record(
@@ -207,6 +247,13 @@ class MeteredBlackBox:
             hit_tokens.append((hits, prompt_tokens, completion_tokens))
 
         pending = list(missing.items())
+        tickets, refusal = self._reserve(
+            lambda: [
+                (self._prompt_bound(prompts[i]), limits[i] * len(slots)) for i, slots in pending
+            ],
+            len(pending),
+        )
+        pending = pending[: len(tickets)]
         requests = [
             GenerateRequest(
                 prompt=prompts[i],
@@ -220,7 +267,7 @@ class MeteredBlackBox:
             )
             for i, slots in pending
         ]
-        results, failure = _call_batch(self.backend.generate_batch, requests)
+        results, failure = self._send(self.backend.generate_batch, requests, tickets)
         for (i, slots), result in zip(pending, results, strict=True):
             if result is None:
                 continue
@@ -261,7 +308,26 @@ class MeteredBlackBox:
                 )
         if failure is not None:
             raise failure
+        if refusal is not None:
+            raise refusal
         return [[c for c in row if c is not None] for row in out]
+
+    def _send(
+        self,
+        call: Callable[[Sequence[Any]], list[CallResult[Any]]],
+        requests: Sequence[Any],
+        tickets: Sequence[Reservation | None],
+    ) -> tuple[list[CallResult[Any] | None], BaseException | None]:
+        """`_call_batch`, settling each reservation with what its call billed."""
+        try:
+            results, failure = _call_batch(call, requests)
+        except BaseException:
+            for ticket in tickets:
+                self._settle(ticket, None)
+            raise
+        for ticket, result in zip(tickets, results, strict=True):
+            self._settle(ticket, result)
+        return results, failure
 
     def _fit_max_tokens(self, prompt: str, max_tokens: int) -> int:
         """``max_tokens`` capped to what the context window leaves after the prompt (an
@@ -296,8 +362,15 @@ class MeteredBlackBox:
             else:
                 out.append(ScoredText(tuple(hit["tokens"]), tuple(hit["token_logprobs"])))
                 self._record("score", int(hit["prompt_tokens"]), 0, cached=True)
-        results, failure = _call_batch(
-            self.backend.score_batch, [ScoreRequest(prompts[i], continuations[i]) for i in pending]
+        tickets, refusal = self._reserve(
+            lambda: [(self._prompt_bound(prompts[i] + continuations[i]), 0) for i in pending],
+            len(pending),
+        )
+        pending = pending[: len(tickets)]
+        results, failure = self._send(
+            self.backend.score_batch,
+            [ScoreRequest(prompts[i], continuations[i]) for i in pending],
+            tickets,
         )
         for i, result in zip(pending, results, strict=True):
             if result is None:
@@ -322,6 +395,8 @@ class MeteredBlackBox:
             )
         if failure is not None:
             raise failure
+        if refusal is not None:
+            raise refusal
         return [s for s in out if s is not None]
 
     # -- next-token distributions ---------------------------------------------------------
@@ -350,13 +425,20 @@ class MeteredBlackBox:
             else:
                 rows.append(array_from_json(hit["logprobs"]))
                 self._record("next_token", int(hit["prompt_tokens"]), 0, cached=True)
-        results = (
-            self.backend.next_token_batch(
-                [NextTokenRequest(prompts[i], soft_prompt) for i in pending]
-            )
-            if pending
-            else []
+        soft_rows = 0 if soft_prompt is None else int(soft_prompt.shape[0])
+        tickets, refusal = self._reserve(
+            lambda: [(self._prompt_bound(prompts[i]) + soft_rows, 0) for i in pending],
+            len(pending),
         )
+        pending = pending[: len(tickets)]
+        sent, failure = self._send(
+            self.backend.next_token_batch,
+            [NextTokenRequest(prompts[i], soft_prompt) for i in pending],
+            tickets,
+        )
+        if failure is not None:
+            raise failure  # the next-token endpoint answers a batch whole or not at all
+        results = [r for r in sent if r is not None]
         for i, result in zip(pending, results, strict=True):
             row = np.asarray(result.value, dtype=np.float32)
             rows[i] = row
@@ -373,6 +455,8 @@ class MeteredBlackBox:
                 latency_s=result.latency_s,
                 retries=result.retries,
             )
+        if refusal is not None:
+            raise refusal
         if not rows:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([r for r in rows if r is not None])

@@ -5,15 +5,23 @@ come in two flavours: *billed* (cache hits excluded: what this run paid) and *id
 (cache hits counted: what the method costs from a cold start), split by phase and role.
 Dollars come from a versioned price table; a model without a price is n/a, never 0.
 White-box work is timed with CUDA events on GPU and as process CPU seconds otherwise.
+
+Spending caps (`Limits`, per run and per cell) are enforced by a `SpendingGuard`: before a
+batch is sent, each call's upper bound (its prompt plus ``max_tokens`` per sample) is
+reserved against every cap; the calls that fit go out, the rest are never sent and the guard
+raises `BudgetExhausted`. Reservations are settled to the billed usage when the answers
+arrive, so a cap is never passed (exactly so where the backend counts tokens with the
+serving tokenizer; with an estimating backend the bound is the prompt's UTF-8 bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
+from benchmarks.errors import BudgetExhausted
 from methods.registry import BenchError
 
 Role = Literal["task", "proposer", "judge"]
@@ -79,11 +88,16 @@ class PriceTable:
     """Dollars per million tokens by model, from a YAML file (default: the bundled table)."""
 
     def __init__(self, path: Path | None = None):
-        text = (
-            path.read_text(encoding="utf-8")
-            if path is not None
-            else resources.files("benchmarks").joinpath("prices.yaml").read_text(encoding="utf-8")
-        )
+        try:
+            text = (
+                path.read_text(encoding="utf-8")
+                if path is not None
+                else resources.files("benchmarks")
+                .joinpath("prices.yaml")
+                .read_text(encoding="utf-8")
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BenchError(f"price table {path}: cannot read ({_first_line(exc)})") from exc
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -94,14 +108,16 @@ class PriceTable:
         self.models: dict[str, tuple[float, float]] = {}
         for name, entry in (data.get("models") or {}).items():
             try:
-                self.models[str(name)] = (
-                    float(entry["input_per_mtok"]),
-                    float(entry["output_per_mtok"]),
-                )
+                pin, pout = float(entry["input_per_mtok"]), float(entry["output_per_mtok"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise BenchError(
                     f"price table {path}: model {name!r} needs input_per_mtok and output_per_mtok"
                 ) from exc
+            if not (math.isfinite(pin) and math.isfinite(pout) and pin >= 0 and pout >= 0):
+                raise BenchError(
+                    f"price table {path}: model {name!r} has a negative or non-finite price"
+                )
+            self.models[str(name)] = (pin, pout)
 
     def has(self, model: str) -> bool:
         return model in self.models
@@ -258,6 +274,186 @@ def total_usd(
                 return None
             total += role["usd"]
     return total
+
+
+# -- spending caps --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on billed spending (cache hits are free); None means no cap.
+
+    Attributes:
+        usd: dollars, at the price table's prices (a model without a price cannot be capped).
+        tokens: prompt plus completion tokens.
+        calls: prompts sent (each element of a batch is one call, whatever its ``n``).
+    """
+
+    usd: float | None = None
+    tokens: int | None = None
+    calls: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("usd", "tokens", "calls"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise BenchError(f"spending cap {name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise BenchError(f"spending cap {name} must be finite and >= 0, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.usd, self.tokens, self.calls))
+
+    def describe(self) -> dict[str, float | int | None]:
+        return {"usd": self.usd, "tokens": self.tokens, "calls": self.calls}
+
+
+#: the options that set each cap, for messages (`bench run --help` documents them).
+LIMIT_FLAGS: dict[str, dict[str, str]] = {
+    "run": {"usd": "--max-usd", "tokens": "--max-tokens", "calls": "--max-calls"},
+    "cell": {"usd": "--max-cell-usd", "tokens": "--max-cell-tokens", "calls": "--max-cell-calls"},
+}
+
+
+@dataclass
+class Spend:
+    """Billed calls, tokens and dollars so far (or reserved for calls in flight)."""
+
+    calls: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+
+    def add(self, calls: int, tokens: int, usd: float) -> None:
+        self.calls += calls
+        self.tokens += tokens
+        self.usd += usd
+
+    @classmethod
+    def of_summary(cls, summary: dict[str, Any]) -> Spend:
+        """What a `summarize` result billed (unpriced dollars count as 0 here: a dollar cap
+        is refused for unpriced models before anything is spent)."""
+        calls = sum(
+            role["calls"] for phase in summary.get("billed", {}).values() for role in phase.values()
+        )
+        return cls(calls, total_tokens(summary, "billed"), total_usd(summary, "billed") or 0.0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The upper bound charged for one admitted call, until it is settled."""
+
+    model: str
+    tokens: int
+    usd: float
+
+
+class SpendingGuard:
+    """Admits calls while the run's and the current cell's caps hold.
+
+    Args:
+        prices: the price table dollars are computed with.
+        run: caps on the whole run.
+        cell: caps on each cell.
+        run_spent: what the run had already billed (finished cells of a resumed run).
+    """
+
+    def __init__(
+        self,
+        prices: PriceTable,
+        *,
+        run: Limits | None = None,
+        cell: Limits | None = None,
+        run_spent: Spend | None = None,
+    ):
+        self.prices = prices
+        self.limits = {"run": run or Limits(), "cell": cell or Limits()}
+        self.spent = {"run": run_spent or Spend(), "cell": Spend()}
+        #: the first refusal of the current cell, kept even if a method swallowed it.
+        self.tripped: BudgetExhausted | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return any(limits.active for limits in self.limits.values())
+
+    def start_cell(self) -> None:
+        with self._lock:
+            self.spent["cell"] = Spend()
+            self.tripped = None
+
+    def _usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        usd = self.prices.dollars(model, prompt_tokens, completion_tokens)
+        if usd is None:
+            if any(limits.usd is not None for limits in self.limits.values()):
+                raise BenchError(
+                    f"model {model!r} has no price in price table {self.prices.version}; "
+                    "a dollar cap cannot be enforced"
+                )
+            return 0.0
+        return usd
+
+    def reserve(
+        self, model: str, calls: Sequence[tuple[int, int]]
+    ) -> tuple[list[Reservation], BudgetExhausted | None]:
+        """Admit the longest prefix of ``calls`` (prompt tokens, completion tokens at most)
+        that keeps every cap, charging each its upper bound. Returns the reservations of the
+        admitted calls and, when some were refused, the error to raise once those are done."""
+        admitted: list[Reservation] = []
+        with self._lock:
+            for prompt_tokens, completion_tokens in calls:
+                tokens = prompt_tokens + completion_tokens
+                usd = self._usd(model, prompt_tokens, completion_tokens)
+                refusal = self._refusal(tokens, usd)
+                if refusal is not None:
+                    self.tripped = self.tripped or refusal
+                    return admitted, refusal
+                for spent in self.spent.values():
+                    spent.add(1, tokens, usd)
+                admitted.append(Reservation(model, tokens, usd))
+        return admitted, None
+
+    def _refusal(self, tokens: int, usd: float) -> BudgetExhausted | None:
+        for scope in ("cell", "run"):
+            limits, spent = self.limits[scope], self.spent[scope]
+            checks = (
+                ("calls", limits.calls, spent.calls, 1, "{:,} calls"),
+                ("tokens", limits.tokens, spent.tokens, tokens, "{:,} tokens"),
+                ("usd", limits.usd, spent.usd, usd, "${:,.6f}"),
+            )
+            for name, cap, used, need, fmt in checks:
+                if cap is not None and used + need > cap * (1 + 1e-12):
+                    flag = LIMIT_FLAGS[scope][name]
+                    return BudgetExhausted(
+                        f"{flag} {cap:g} reached: this {scope} has spent {fmt.format(used)} and "
+                        f"the next call may need {fmt.format(need)}",
+                        flag=flag,
+                        scope=scope,
+                    )
+        return None
+
+    def settle(
+        self,
+        reservation: Reservation,
+        *,
+        answered: bool,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """Replace a reservation's upper bound by what was billed; a call that got no answer
+        is taken back (a failed request is not billed)."""
+        billed = prompt_tokens + completion_tokens if answered else 0
+        usd = self._usd(reservation.model, prompt_tokens, completion_tokens) if billed else 0.0
+        with self._lock:
+            for spent in self.spent.values():
+                spent.add(int(answered) - 1, billed - reservation.tokens, usd - reservation.usd)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _default_device() -> str:

@@ -2,7 +2,10 @@
 
 Per task: method, the access it needs, accuracy mean ± std over seeds, gain over zero-shot,
 billed tuning and inference tokens (and dollars, n/a where unpriced), compute seconds, and
-"n/a (needs X)" for methods the backend could not serve.
+"n/a (needs X)" for methods the backend could not serve. Cells stopped by a spending cap
+(``budget_exhausted``) or failed are never averaged in: a method with none finished shows
+"budget exhausted" or "failed", and one with some finished seeds says how many others
+stopped.
 """
 
 from __future__ import annotations
@@ -55,13 +58,31 @@ def leaderboard_rows(records: Sequence[CellRecord]) -> dict[str, list[dict[str, 
         for method, recs in sorted(by_method.items()):
             ok = [r for r in recs if r.status == "ok" and r.accuracy is not None]
             refused = [r for r in recs if r.status == "refused"]
+            stopped = {
+                label: sum(r.status == status for r in recs)
+                for status, label in (
+                    ("budget_exhausted", "budget exhausted"),
+                    ("failed", "failed"),
+                )
+            }
             row: dict[str, object] = {
                 "method": method,
                 "needs": ", ".join(recs[0].requires),
                 "seeds": len(ok),
+                "stopped": ", ".join(f"{n} {label}" for label, n in stopped.items() if n),
             }
             if not ok:
-                row["status"] = f"n/a ({refused[0].reason})" if refused else recs[0].status
+                if refused:
+                    row["status"] = f"n/a ({refused[0].reason})"
+                else:
+                    row["status"] = next(
+                        (
+                            f"{label} ({n} of {len(recs)} seeds)"
+                            for label, n in stopped.items()
+                            if n
+                        ),
+                        recs[0].status,
+                    )
                 rows.append(row)
                 continue
             mean, std = _mean_std([r.accuracy for r in ok if r.accuracy is not None])
@@ -125,9 +146,10 @@ def render_markdown(records: Sequence[CellRecord], title: str) -> str:
                 )
                 continue
             gain = row["gain"]
+            seeds = f"{row['seeds']}" + (f" (+{row['stopped']})" if row["stopped"] else "")
             lines.append(
                 f"| {row['method']} | {row['needs']} | {row['accuracy']:.3f} ± {row['std']:.3f} "
-                f"| {'n/a' if gain is None else f'{gain:+.3f}'} | {row['seeds']} "
+                f"| {'n/a' if gain is None else f'{gain:+.3f}'} | {seeds} "
                 f"| {row['tune_tokens']:,.0f} | {_money(row['tune_usd'])} "
                 f"| {row['eval_tokens_per_1k']:,.0f} | {_money(row['eval_usd_per_1k'])} "
                 f"| {row['compute_s']:.2f} ({row['compute_device']}) |"

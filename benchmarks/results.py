@@ -9,11 +9,14 @@
 
 Every file is written to a temporary name, flushed to disk and renamed into place, so a
 crash leaves either the old file or the new one, never half of one; a later failure never
-touches a finished cell.
+touches a finished cell. A process that runs cells holds the run's lock (``run.lock``, an
+OS file lock the kernel releases if the process dies), and clears the temporary files a
+killed predecessor left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,7 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +35,7 @@ from pydantic import BaseModel, Field
 from methods.registry import BenchError
 
 SCHEMA_VERSION = 1
+LOCK_NAME = "run.lock"
 CellStatus = Literal["ok", "refused", "failed", "budget_exhausted"]
 
 
@@ -153,6 +157,35 @@ class RunStore:
 
     def artifact_dir(self, cid: str) -> Path:
         return self.root / "artifacts" / cid
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process; another process gets a one-line error."""
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / LOCK_NAME))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise BenchError(
+                f"run {self.run_id!r} is being run by another bench process; wait for it or "
+                "choose another --run-id"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Delete what a killed writer left (``.NAME.*.tmp``); call with the lock held."""
+        removed = []
+        for folder in (self.root, self.root / "cells", self.root / "predictions"):
+            if folder.is_dir():
+                for path in folder.glob(".*.tmp"):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
 
 def open_run(path: Path | str) -> RunStore:

@@ -1,32 +1,61 @@
 """The runner: expand the grid, plan it (refusing what cannot run), then run it cell by cell.
 
-Planning resolves every name, opens the backend (a missing key or a dead endpoint fails
-here), loads the tasks and asks each tuner for its projected calls, so an incompatible
-method × backend pair or a typo costs nothing. Running writes one record per cell as soon
-as the cell finishes; `resume` skips cells whose record says ``ok``.
+Planning resolves every name, checks hyperparameter types, opens the backend (a missing key
+or a dead endpoint fails here), loads the tasks and asks each tuner for its projected calls,
+so an incompatible method × backend pair, a typo or a projected spend over a cap costs
+nothing. Running writes one record per cell as soon as the cell finishes (atomically: a
+crash leaves whole records only); `resume` skips cells whose record says ``ok`` or
+``refused`` and re-runs the rest.
+
+Spending caps (`RunConfig.limits` for the run, `RunConfig.cell_limits` for each cell) are
+checked twice: against the projection before anything starts (refused with the projection
+in the message), and call by call while running (`benchmarks.metering.SpendingGuard`): a cell
+that reaches a cap stops, keeps its finished predictions and is marked ``budget_exhausted``.
+A run's caps count what its finished records billed, so a resumed run does not start afresh.
+If the endpoint goes away mid-run, the run stops with `BackendUnavailable`; the interrupted
+cell writes nothing and is re-run by ``--resume``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import shutil
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from benchmarks.backends.base import Backend, make_backend
+from benchmarks.backends.zoo import resolve_model_dir
 from benchmarks.cache import DEFAULT_CACHE_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
-from benchmarks.metering import PriceTable, UsageMeter, total_tokens, total_usd
+from benchmarks.errors import BackendUnavailable, BudgetExhausted
+from benchmarks.metering import (
+    LIMIT_FLAGS,
+    Limits,
+    PriceTable,
+    Spend,
+    SpendingGuard,
+    UsageMeter,
+    total_tokens,
+    total_usd,
+)
 from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
 from benchmarks.tasks.base import Task, get_task
 from methods.base import (
+    AdaptedPolicy,
+    BlackBox,
     BlackBoxTuner,
     CallPlan,
     Example,
+    Prediction,
     TuneContext,
     get_method,
     missing_capabilities,
@@ -34,6 +63,13 @@ from methods.base import (
 from methods.registry import BenchError
 
 EVAL_BATCH = 32  # examples per predict call: the progress granularity, not a model batch size
+#: backend options that change how or where calls are made, not what they return (the
+#: cache identity leaves them out too): a run may be resumed with other values, e.g. against
+#: a restarted server on another port, or with a rotated key.
+OPERATIONAL_OPTIONS = frozenset(
+    {"concurrency", "max_retries", "timeout_s", "backoff_s", "base_url", "api_key_env",
+     "api_key_file"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,10 @@ class RunConfig:
     cache_dir: Path = DEFAULT_CACHE_DIR
     use_cache: bool = True
     prices: Path | None = None
+    #: caps on the whole run's billed spending (a resumed run counts its finished records).
+    limits: Limits = field(default_factory=Limits)
+    #: caps on each cell's billed spending.
+    cell_limits: Limits = field(default_factory=Limits)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -167,9 +207,13 @@ class Runner:
             raise BenchError(f"--limit must be a positive integer, got {cfg.limit}")
         for name in cfg.methods:
             get_method(name)
+        for name in cfg.method_options:
+            get_method(name)  # a typo in --set is an error, not an ignored override
+        for name in cfg.methods:
+            self.make_tuner(name)  # unknown keys, wrong types, out-of-range values
         from benchmarks.tasks.base import tasks as task_registry
 
-        for name in cfg.tasks:
+        for name in [*cfg.tasks, *cfg.task_options]:
             task_registry.get(name)
         from benchmarks.backends.base import backends as backend_registry
 
@@ -194,8 +238,13 @@ class Runner:
     def _load_tasks(self) -> None:
         cfg = self.config
         for name in cfg.tasks:
-            task = get_task(name, data_dir=cfg.data_dir, **cfg.task_options.get(name, {}))
-            splits = {split: task.examples(split) for split in ("train", "dev", "test")}
+            try:
+                task = get_task(name, data_dir=cfg.data_dir, **cfg.task_options.get(name, {}))
+                splits = {split: task.examples(split) for split in ("train", "dev", "test")}
+            except BenchError:
+                raise
+            except (TypeError, ValueError, KeyError, UnicodeError) as exc:
+                raise BenchError(f"task {name}: {_one_line(exc)}") from exc
             if cfg.limit is not None:
                 splits["test"] = splits["test"][: cfg.limit]
             if not splits["test"]:
@@ -204,8 +253,16 @@ class Runner:
             self.splits[name] = splits
 
     def make_tuner(self, method: str) -> BlackBoxTuner:
+        """The tuner with the run's budget preset and ``--set`` overrides, checked: unknown
+        keys, values of the wrong type and values its Config rejects are one-line errors."""
         cls = get_method(method)
-        return cls.from_budget(self.config.budget, **self.config.method_options.get(method, {}))
+        overrides = check_hyperparameters(cls, self.config.method_options.get(method, {}))
+        try:
+            return cls.from_budget(self.config.budget, **overrides)
+        except BenchError:
+            raise
+        except (TypeError, ValueError) as exc:  # a Config's own range checks
+            raise BenchError(f"method {method}: bad hyperparameter ({_one_line(exc)})") from exc
 
     def plan(self) -> Plan:
         """Resolve names, open backends, load tasks, and project every cell's spend."""
@@ -240,7 +297,15 @@ class Runner:
     def _project(self, tuner: BlackBoxTuner, task_name: str) -> Projection:
         assert self.backend is not None
         task, splits = self.tasks[task_name], self.splits[task_name]
-        plan: CallPlan = tuner.plan(task=task, train=splits["train"], dev=splits["dev"])
+        try:
+            plan: CallPlan = tuner.plan(task=task, train=splits["train"], dev=splits["dev"])
+        except BenchError:
+            raise
+        except Exception as exc:  # e.g. a hyperparameter out of the range the method supports
+            raise BenchError(
+                f"method {tuner.name} cannot plan task {task_name} with "
+                f"{tuner.hyperparameters()} ({type(exc).__name__}: {_one_line(exc)})"
+            ) from exc
         sample = splits["test"][:20]
         if plan.eval_prompt is not None:
             eval_prompt_tokens = self.backend.count_tokens(plan.eval_prompt)
@@ -284,7 +349,7 @@ class Runner:
             store = RunStore(cfg.results_dir / run_id)
             if not store.exists():
                 raise BenchError(f"--resume: no run {run_id!r} under {cfg.results_dir}")
-            if store.read_spec().get("config") != cfg.describe():
+            if _comparable(store.read_spec().get("config")) != _comparable(cfg.describe()):
                 raise BenchError(
                     f"--resume: run {run_id!r} was started with other settings; "
                     "resume with the same flags or start a new run"
@@ -299,32 +364,127 @@ class Runner:
             )
         return store
 
+    # -- spending caps --------------------------------------------------------------------
+
+    def _done(self, plan: Plan) -> dict[str, CellRecord]:
+        """Records of a resumed run that resume skips (ok or refused)."""
+        if not (self.config.resume and plan.store.exists()):
+            return {}
+        records = {r.cell_id: r for r in plan.store.cells()}
+        return {cid: r for cid, r in records.items() if r.status in ("ok", "refused")}
+
+    def _spent(self, plan: Plan) -> Spend:
+        """What the run's records on disk billed (all of them: failed cells paid too)."""
+        spent = Spend()
+        if self.config.resume and plan.store.exists():
+            for record in plan.store.cells():
+                part = Spend.of_summary(record.usage)
+                spent.add(part.calls, part.tokens, part.usd)
+        return spent
+
+    def check_limits(self, plan: Plan) -> None:
+        """Refuse, before anything is spent, a grid whose projected spend is over a cap, or
+        a dollar cap on a model without a price. The message shows the projection."""
+        cfg = self.config
+        if not (cfg.limits.active or cfg.cell_limits.active):
+            return
+        for scope, limits in (("run", cfg.limits), ("cell", cfg.cell_limits)):
+            if limits.usd is None:
+                continue
+            models = {b.model for b in (self.backend, self.proposer_backend) if b is not None}
+            for model in sorted(models):
+                if not self.prices.has(model):
+                    raise BenchError(
+                        f"{LIMIT_FLAGS[scope]['usd']}: model {model!r} has no price in price "
+                        f"table {self.prices.version}, so a dollar cap cannot be enforced; give "
+                        "its price in a --prices file, or cap tokens or calls instead"
+                    )
+        done = self._done(plan)
+        todo = [
+            c for c in plan.cells if c.runnable and c.projection is not None and c.cid not in done
+        ]
+        for cell in todo:
+            assert cell.projection is not None
+            over = _over(cell.projection, cfg.cell_limits, Spend(), "cell")
+            if over:
+                raise BenchError(
+                    f"cell {cell.cid} is projected to spend {_describe(cell.projection)}, over "
+                    f"{over}; raise the cap or shrink the cell (--limit, --budget, --set)"
+                )
+        totals = Plan(todo, plan.store).totals()
+        spent = self._spent(plan)
+        over = _over(totals, cfg.limits, spent, "run")
+        if over:
+            already = (
+                f" on top of {spent.calls:,} calls, {spent.tokens:,} tokens, ${spent.usd:.4f} "
+                "already spent"
+                if spent.calls
+                else ""
+            )
+            raise BenchError(
+                f"the run is projected to spend {_describe(totals)} in {len(todo)} cells"
+                f"{already}, over {over}; raise the cap or shrink the grid "
+                "(--limit, --seeds, --budget, --methods, --tasks)"
+            )
+
     # -- running --------------------------------------------------------------------------
 
     def run(self, plan: Plan) -> list[CellRecord]:
-        """Run every cell of ``plan`` not already finished; returns all records."""
+        """Run every cell of ``plan`` not already finished; returns all records.
+
+        Raises:
+            BenchError: a projected spend over a cap (nothing is started), or another
+                process holding the run.
+            BackendUnavailable: the endpoint went away; finished cells are kept.
+        """
+        self.check_limits(plan)
         store = plan.store
-        if not store.exists():
-            store.write_spec(
-                {
-                    "run_id": store.run_id,
-                    "config": self.config.describe(),
-                    "provenance": provenance(),
-                    "cells": [c.cid for c in plan.cells],
-                }
+        with store.lock():
+            if not self.config.resume and store.exists():
+                raise BenchError(
+                    f"run {store.run_id!r} was just created by another process; "
+                    "choose another --run-id"
+                )
+            store.remove_temporary_files()
+            if not store.exists():
+                store.write_spec(
+                    {
+                        "run_id": store.run_id,
+                        "config": self.config.describe(),
+                        "limits": {
+                            "run": self.config.limits.describe(),
+                            "cell": self.config.cell_limits.describe(),
+                        },
+                        "provenance": provenance(),
+                        "cells": [c.cid for c in plan.cells],
+                    }
+                )
+            guard = SpendingGuard(
+                self.prices,
+                run=self.config.limits,
+                cell=self.config.cell_limits,
+                run_spent=self._spent(plan),
             )
-        records = []
-        for cell in plan.cells:
-            done = store.read_cell(cell.cid) if self.config.resume else None
-            if done is not None and done.status in ("ok", "refused"):
-                self.on_event("cell_skipped", {"cell": cell.cid})
-                records.append(done)
-                continue
-            record = self._run_cell(cell, store)
-            records.append(record)
+            done = self._done(plan)
+            records = []
+            for cell in plan.cells:
+                if cell.cid in done:
+                    self.on_event("cell_skipped", {"cell": cell.cid})
+                    records.append(done[cell.cid])
+                    continue
+                try:
+                    record = self._run_cell(cell, store, guard)
+                except BackendUnavailable as exc:
+                    finished = sum(r.status in ("ok", "refused") for r in records)
+                    raise BackendUnavailable(
+                        f"{exc}. Stopped during cell {cell.cid}; {finished} of "
+                        f"{len(plan.cells)} cells are finished and kept in {store.root}; "
+                        f"continue with --resume --run-id {store.run_id}"
+                    ) from None
+                records.append(record)
         return records
 
-    def _run_cell(self, cell: PlannedCell, store: RunStore) -> CellRecord:
+    def _run_cell(self, cell: PlannedCell, store: RunStore, guard: SpendingGuard) -> CellRecord:
         cfg = self.config
         base: dict[str, Any] = {
             "cell_id": cell.cid,
@@ -344,10 +504,15 @@ class Runner:
         assert self.backend is not None and self.proposer_backend is not None
         task, splits = self.tasks[cell.task], self.splits[cell.task]
         meter = UsageMeter(self.prices)
-        black_box = MeteredBlackBox(self.backend, meter=meter, role="task", cache=self.cache)
-        proposer = MeteredBlackBox(
-            self.proposer_backend, meter=meter, role="proposer", cache=self.cache
+        guard.start_cell()
+        black_box = MeteredBlackBox(
+            self.backend, meter=meter, role="task", cache=self.cache, guard=guard
         )
+        proposer = MeteredBlackBox(
+            self.proposer_backend, meter=meter, role="proposer", cache=self.cache, guard=guard
+        )
+        # Whatever an interrupted earlier attempt left of this cell's artifacts goes.
+        shutil.rmtree(store.artifact_dir(cell.cid), ignore_errors=True)
         tuner = self.make_tuner(cell.method)
         context = TuneContext(
             seed=cell.seed,
@@ -355,9 +520,12 @@ class Runner:
             device=meter.device,
             on_event=lambda event, fields: self.on_event(event, {"cell": cell.cid, **fields}),
             workdir=store.artifact_dir(cell.cid),
+            resolve_model=resolve_model_dir,
         )
         self.on_event("cell_start", {"cell": cell.cid, "n_eval": len(splits["test"])})
         wall: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
+        phase = "tune"
         try:
             meter.phase = "tune"
             t0 = time.perf_counter()
@@ -371,23 +539,23 @@ class Runner:
             )
             wall["tune"] = round(time.perf_counter() - t0, 3)
             policy.save(store.artifact_dir(cell.cid))
-            meter.phase = "eval"
+            if guard.tripped is not None:  # the method caught the refusal and went on
+                raise guard.tripped
+            phase = meter.phase = "eval"
+            policy.compute = meter
             t0 = time.perf_counter()
-            rows: list[dict[str, Any]] = []
             for batch in _batches(splits["test"], EVAL_BATCH):
-                for ex, pred in zip(
-                    batch, policy.predict(batch, task=task, backend=black_box), strict=True
-                ):
-                    rows.append(
-                        {
-                            "id": ex.id,
-                            "output": pred.output,
-                            "answer": pred.answer,
-                            "target": ex.target,
-                            "score": task.score(pred.answer, ex),
-                            **({"extra": dict(pred.extra)} if pred.extra else {}),
-                        }
+                try:
+                    predictions = list(policy.predict(batch, task=task, backend=black_box))
+                except BudgetExhausted:
+                    # The calls that fitted were sent and cached: keep the answers they give.
+                    rows += _rows(task, batch, self._predict_each(policy, batch, task, black_box))
+                    raise
+                if len(predictions) != len(batch):
+                    raise BenchError(
+                        f"{cell.method}: {len(predictions)} predictions for {len(batch)} examples"
                     )
+                rows += _rows(task, batch, predictions)
                 summary = meter.summary()
                 self.on_event(
                     "eval_progress",
@@ -400,10 +568,20 @@ class Runner:
                     },
                 )
             wall["eval"] = round(time.perf_counter() - t0, 3)
+            if guard.tripped is not None:
+                raise guard.tripped
+        except BudgetExhausted as exc:
+            wall[phase] = round(time.perf_counter() - t0, 3)
+            return self._exhausted(store, base, meter, tuner, task, exc, phase, rows, wall)
+        except BackendUnavailable:
+            raise  # stops the run; this cell writes nothing and is re-run by --resume
         except BenchError as exc:
             return self._failed(store, base, meter, tuner, f"{exc}")
         except Exception as exc:  # a method bug fails its cell, not the run
-            self.on_event("cell_traceback", {"cell": cell.cid, "traceback": traceback.format_exc()})
+            self.on_event(
+                "cell_traceback",
+                {"cell": cell.cid, "traceback": self._scrub(traceback.format_exc())},
+            )
             return self._failed(store, base, meter, tuner, f"{type(exc).__name__}: {exc}")
         record = CellRecord(
             **base,
@@ -428,6 +606,69 @@ class Runner:
         )
         return record
 
+    def _predict_each(
+        self, policy: AdaptedPolicy, batch: Sequence[Example], task: Task, black_box: BlackBox
+    ) -> list[Prediction]:
+        """Predictions for the leading examples of ``batch`` that the cache (holding what was
+        sent before a cap stopped the batch) or the remaining budget can answer."""
+        if not self.cache.enabled:
+            return []  # without a cache, answering again would pay twice
+        out: list[Prediction] = []
+        for ex in batch:
+            try:
+                out += policy.predict([ex], task=task, backend=black_box)
+            except BudgetExhausted:
+                break
+        return out
+
+    def _secrets(self) -> list[str]:
+        found: list[str] = []
+        for backend in (self.backend, self.proposer_backend):
+            values = getattr(backend, "secret_values", None)
+            if callable(values):
+                found += [v for v in values() if v]
+        return found
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with any key a backend sends masked (defence in depth: backends mask
+        their own messages, but a method's exception could quote anything)."""
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def _exhausted(
+        self,
+        store: RunStore,
+        base: dict[str, Any],
+        meter: UsageMeter,
+        tuner: BlackBoxTuner,
+        task: Task,
+        exc: BudgetExhausted,
+        phase: str,
+        rows: list[dict[str, Any]],
+        wall: dict[str, float],
+    ) -> CellRecord:
+        n_test = len(self.splits[base["task"]]["test"])
+        where = (
+            "tuning" if phase == "tune" else f"evaluation, {len(rows)} of {n_test} examples done"
+        )
+        record = CellRecord(
+            **base,
+            status="budget_exhausted",
+            reason=self._scrub(f"{exc} (stopped during {where})"),
+            accuracy=sum(r["score"] for r in rows) / len(rows) if rows else None,
+            n_eval=len(rows),
+            usage=meter.summary(),
+            hyperparameters=tuner.hyperparameters(),
+            variant=getattr(tuner, "variant", None),
+            wall_s=wall,
+            task_hash=task.fingerprint(),
+            provenance=provenance(),
+        )
+        store.write_cell(record, rows)
+        self.on_event("cell_budget_exhausted", {"cell": base["cell_id"], "reason": record.reason})
+        return record
+
     def _failed(
         self,
         store: RunStore,
@@ -439,7 +680,7 @@ class Runner:
         record = CellRecord(
             **base,
             status="failed",
-            reason=reason.splitlines()[0][:500],
+            reason=self._scrub(_one_line(reason))[:500],
             usage=meter.summary(),
             hyperparameters=tuner.hyperparameters(),
             provenance=provenance(),
@@ -447,6 +688,23 @@ class Runner:
         store.write_cell(record)
         self.on_event("cell_failed", {"cell": base["cell_id"], "reason": record.reason})
         return record
+
+
+def _rows(
+    task: Task, batch: Sequence[Example], predictions: Sequence[Prediction]
+) -> list[dict[str, Any]]:
+    """Prediction rows for the first ``len(predictions)`` examples of ``batch``."""
+    return [
+        {
+            "id": ex.id,
+            "output": pred.output,
+            "answer": pred.answer,
+            "target": ex.target,
+            "score": task.score(pred.answer, ex),
+            **({"extra": dict(pred.extra)} if pred.extra else {}),
+        }
+        for ex, pred in zip(batch[: len(predictions)], predictions, strict=True)
+    ]
 
 
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
@@ -460,3 +718,134 @@ def _latest_run(results_dir: Path) -> str:
     if not specs:
         raise BenchError(f"--resume: no runs under {results_dir}")
     return specs[-1].parent.name
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _comparable(config: Any) -> Any:
+    """A run config without the backend options that do not change results."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for role in ("backend", "proposer"):
+        spec = out.get(role)
+        if isinstance(spec, dict) and isinstance(spec.get("options"), dict):
+            options = {k: v for k, v in spec["options"].items() if k not in OPERATIONAL_OPTIONS}
+            out[role] = {**spec, "options": options}
+    return out
+
+
+def _describe(p: Projection) -> str:
+    usd = "unpriced" if p.usd is None else f"${p.usd:,.4f}"
+    return f"up to {p.tune_calls + p.eval_calls:,} calls, {p.tokens:,} tokens, {usd}"
+
+
+def _over(p: Projection, limits: Limits, spent: Spend, scope: str) -> str | None:
+    """The first cap that ``spent`` plus projection ``p`` passes, as "--flag CAP"."""
+    flags = LIMIT_FLAGS[scope]
+    if limits.calls is not None and spent.calls + p.tune_calls + p.eval_calls > limits.calls:
+        return f"{flags['calls']} {limits.calls:g}"
+    if limits.tokens is not None and spent.tokens + p.tokens > limits.tokens:
+        return f"{flags['tokens']} {limits.tokens:g}"
+    if limits.usd is not None and p.usd is not None and spent.usd + p.usd > limits.usd:
+        return f"{flags['usd']} {limits.usd:g}"
+    return None
+
+
+# -- hyperparameter checks ----------------------------------------------------------------
+
+
+def check_hyperparameters(cls: type[BlackBoxTuner], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` checked against the types of ``cls.Config``'s fields: a value of the
+    wrong type, or a non-finite number, is a one-line `BenchError` naming the field and the
+    type it takes. Lists become tuples where the field is a tuple; ints become floats where
+    it is a float. Unknown keys are left to the tuner (which lists the valid ones)."""
+    try:
+        hints = typing.get_type_hints(cls.Config)
+    except Exception:  # unresolvable annotations: nothing to check against
+        return dict(overrides)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields or key not in hints:
+            out[key] = value
+            continue
+        try:
+            out[key] = _coerce(value, hints[key])
+        except TypeError as exc:
+            raise BenchError(
+                f"--set {cls.name}.{key}={_short(value)}: {exc}; expected {_type_name(hints[key])}"
+            ) from None
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` as a ``hint``, or TypeError."""
+    if hint is Any or hint is object:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        for arg in args:
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError(f"{type(value).__name__} is not allowed")
+    if origin is Literal:
+        if value in args and all(type(value) is type(a) for a in args if a == value):
+            return value
+        raise TypeError(f"{_short(value)} is not one of {', '.join(map(repr, args))}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError("expected null")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{type(value).__name__} is not a boolean")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(f"{type(value).__name__} is not an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TypeError("not a finite number")
+            return float(value)
+        raise TypeError(f"{type(value).__name__} is not a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"{type(value).__name__} is not a string")
+    container = origin or hint
+    if container in (tuple, list, Sequence, set, frozenset) or (
+        isinstance(container, type) and issubclass(container, (list, tuple))
+    ):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{type(value).__name__} is not a list")
+        if container is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise TypeError(f"expected {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+        item = args[0] if args else Any
+        items = [_coerce(v, item) for v in value]
+        return tuple(items) if container in (tuple, Sequence) else items
+    if container in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise TypeError(f"{type(value).__name__} is not a mapping")
+        return value
+    return value  # a type this check does not know: left to the method
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")

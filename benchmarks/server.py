@@ -15,8 +15,13 @@ Concurrent requests that share sampling parameters are decoded as one batch: a s
 runs the engine off the event loop and takes every job queued meanwhile (micro-batching with
 no added wait).
 
+With ``faults=`` (``--faults RATE``) it fails a seeded share of inference requests the way
+real APIs do (429, 500, 503, timeouts, truncated bodies, malformed JSON; see
+`benchmarks.faults`), to test that clients survive them.
+
 Run it with ``python -m benchmarks.server --model-dir DIR`` (the API key, if any, comes from
-``$BENCH_SERVER_API_KEY``, never argv), or from Python with `start_server`.
+``$BENCH_SERVER_API_KEY``, never argv), or from Python with `start_server`. It binds
+127.0.0.1 unless told otherwise, and refuses any other host without a key.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from benchmarks.faults import FaultInjector, FaultSpec, add_fault_arguments, fault_spec
 from methods.base import GENERATE, LOGPROBS, NEXT_TOKEN_LOGITS, PROMPT_EMBEDS, SCORE
 from methods.registry import BenchError
 
@@ -61,6 +67,7 @@ API_KEY_ENV = "BENCH_SERVER_API_KEY"
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_PROMPTS = 1024
+MAX_BODY_BYTES = 16 * 2**20  # a request body larger than this is refused unread (413)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -235,7 +242,12 @@ class MicroBatcher:
 
 
 def create_app(
-    engine: HFEngine, *, model_name: str, api_key: str | None = None, grey_box: bool = False
+    engine: HFEngine,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    grey_box: bool = False,
+    faults: FaultSpec | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app over ``engine``.
 
@@ -244,8 +256,12 @@ def create_app(
         model_name: the only model id the server answers to.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
         grey_box: also serve ``/v1/bench/*`` (full distributions, vocabulary, soft prompts).
+        faults: fail a seeded share of inference requests (`benchmarks.faults`).
     """
     app = FastAPI(title="blackbox-bench model server", docs_url=None, redoc_url=None)
+    if faults is not None:
+        # Inside the key check (added before it): a request with a wrong key gets its 401.
+        app.add_middleware(FaultInjector, spec=faults)  # type: ignore[arg-type]
     batcher = MicroBatcher()
     capabilities = [GENERATE, LOGPROBS, SCORE] + (
         [NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else []
@@ -277,20 +293,8 @@ def create_app(
         # Starlette re-raises after answering, so uvicorn still logs the traceback.
         return error_response(500, f"internal server error: {type(exc).__name__}", "server_error")
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        if expected_auth is not None:
-            given = request.headers.get("authorization", "").encode()
-            if not given:
-                return error_response(
-                    401,
-                    "Missing bearer authentication in header (Authorization: Bearer <key>).",
-                    code="invalid_api_key",
-                )
-            # Constant-time comparison; the message never repeats the key it was given.
-            if not hmac.compare_digest(given, expected_auth):
-                return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
-        return await call_next(request)
+    # Outermost (added last): the key and the body size are checked before anything else.
+    app.add_middleware(_Gate, expected_auth=expected_auth)  # type: ignore[arg-type]
 
     def check_model(name: str) -> None:
         if name != model_name:
@@ -474,6 +478,45 @@ def create_app(
         }
 
     return app
+
+
+class _Gate:
+    """ASGI middleware: the bearer key (when the server has one) and the body size limit.
+
+    Plain ASGI rather than ``@app.middleware("http")``, so a response is passed through as it
+    is sent (a deliberately truncated one included) instead of being re-streamed.
+    """
+
+    def __init__(self, app: Callable[..., Any], expected_auth: bytes | None):
+        self.app = app
+        self.expected_auth = expected_auth
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(dict(scope["headers"]))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        if self.expected_auth is not None:
+            given = headers.get(b"authorization", b"")
+            if not given:
+                return error_response(
+                    401,
+                    "Missing bearer authentication in header (Authorization: Bearer <key>).",
+                    code="invalid_api_key",
+                )
+            # Constant-time comparison; the message never repeats the key it was given.
+            if not hmac.compare_digest(given, self.expected_auth):
+                return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return error_response(
+                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
+            )
+        return None
 
 
 def chat_prompt(engine: HFEngine, messages: Sequence[ChatMessage]) -> Prompt:
@@ -708,6 +751,7 @@ def start_server(
     grey_box: bool = False,
     timeout_s: float = 60.0,
     threads: int | None = None,
+    faults: FaultSpec | None = None,
 ) -> ServerHandle:
     """Start ``python -m benchmarks.server`` in a child process and wait until it answers.
 
@@ -721,6 +765,7 @@ def start_server(
         grey_box: serve the ``/v1/bench`` extension.
         timeout_s: how long to wait for the server to answer ``/v1/models``.
         threads: CPU threads for torch in the child (default: see ``--threads``).
+        faults: fail a seeded share of inference requests (`benchmarks.faults`).
 
     Raises:
         BenchError: the child exited or did not answer in time (with its last output).
@@ -745,6 +790,8 @@ def start_server(
         command.append("--grey-box")
     if threads:
         command += ["--threads", str(threads)]
+    if faults is not None:
+        command += faults.argv()
     env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     if api_key:
         env[API_KEY_ENV] = api_key
@@ -824,9 +871,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="CPU threads for torch (default: torch's; 1 for models under 20M parameters on "
         "CPU, where more threads only add synchronisation)",
     )
+    add_fault_arguments(parser)
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV) or None
+    try:
+        faults = fault_spec(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not api_key:
         print(
             f"error: refusing to serve on non-loopback host {args.host!r} without an api key "
@@ -873,6 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_name=args.model_name or model_dir.name,
             api_key=api_key,
             grey_box=args.grey_box,
+            faults=faults,
         )
         config = uvicorn.Config(app, log_level="warning", access_log=False)
         uvicorn.Server(config).run(sockets=[sock])

@@ -2,9 +2,15 @@
 the official `openai` client.
 
 Requests of a batch run concurrently on the client's asyncio loop, bounded by a semaphore.
-Rate limits (429), server errors (5xx), timeouts and dropped connections are retried with
-exponential backoff and full jitter (tenacity); the number of retries of each call is
-reported to the meter. Token counts come from the response's `usage`.
+Rate limits (429), server errors (5xx), timeouts, dropped connections, truncated bodies and
+malformed or incomplete JSON are retried with exponential backoff and full jitter
+(tenacity); the number of retries of each call is reported to the meter. An endpoint that
+stays unreachable (or a local server that died) raises `BackendUnavailable`, which stops the
+run with its finished cells kept. Token counts come from the response's `usage`.
+
+The key comes from the environment (``api_key_env``) or a file (``api_key_file``), never from
+arguments; it is not part of `identity` (so never of a cache key) and is masked in every
+message this backend raises.
 
 Capabilities: `generate` and `logprobs` on both APIs; `score` (echo) on the completions API
 where the server supports echo; the grey-box extensions of the project's server
@@ -17,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -37,6 +45,7 @@ from benchmarks.backends.base import (
     parse_capabilities,
     register_backend,
 )
+from benchmarks.errors import BackendUnavailable
 from methods.base import (
     GENERATE,
     LOGPROBS,
@@ -50,6 +59,25 @@ from methods.base import (
 from methods.registry import BenchError
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class MalformedResponse(Exception):
+    """A 200 answer whose body is not the expected JSON (truncated, wrong shape): retried."""
+
+
+def safe_url(url: str | None) -> str:
+    """``url`` without any user:password part, for messages."""
+    if not url:
+        return "api.openai.com"
+    parts = urlparse(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url
 
 
 def is_loopback(base_url: str | None) -> bool:
@@ -119,6 +147,16 @@ class OpenAIBackend(Backend):
             raise BenchError(f"openai backend: unknown api {api!r}; valid: chat, completions")
         if concurrency < 1:
             raise BenchError(f"openai backend: concurrency must be >= 1, got {concurrency}")
+        if not isinstance(api_key_env, str) or not _ENV_NAME.fullmatch(api_key_env):
+            # Never echo the value: a key pasted here by mistake must not reach a message.
+            raise BenchError(
+                "openai backend: --api-key-env must be the NAME of an environment variable "
+                "(letters, digits, _) that holds the key, not the key itself"
+            )
+        if max_retries < 0:
+            raise BenchError(f"openai backend: max_retries must be >= 0, got {max_retries}")
+        if not timeout_s > 0:
+            raise BenchError(f"openai backend: timeout_s must be > 0, got {timeout_s}")
         self.model = model
         self.base_url = base_url
         self.api = api
@@ -148,6 +186,19 @@ class OpenAIBackend(Backend):
                 raise BenchError(f"openai backend: cannot read key file {self._key_file}") from exc
         return os.environ.get(self._key_env) or None
 
+    def secret_values(self) -> list[str]:
+        """The key this backend sends (for masking in messages); [] without one."""
+        try:
+            key = self._api_key()
+        except BenchError:
+            return []
+        return [key] if key else []
+
+    def _redact(self, text: str) -> str:
+        for secret in self.secret_values():
+            text = text.replace(secret, "***")
+        return text
+
     def check_ready(self) -> None:
         """Fail before spending: no key for a remote endpoint, or an endpoint that is down.
         Also reads the capabilities a project server advertises."""
@@ -168,8 +219,11 @@ class OpenAIBackend(Backend):
             page = self._run(fetch())
         except Exception as exc:
             raise BenchError(
-                f"openai backend: endpoint {self.base_url} not reachable ({exc})"
-            ) from exc
+                self._redact(
+                    f"openai backend: endpoint {safe_url(self.base_url)} not reachable "
+                    f"({_first_line(exc)})"
+                )
+            ) from None
         for entry in getattr(page, "data", []):
             advertised = (getattr(entry, "model_extra", None) or {}).get("capabilities")
             context = (getattr(entry, "model_extra", None) or {}).get("context_length")
@@ -225,7 +279,11 @@ class OpenAIBackend(Backend):
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def _with_retries(self, call: Callable[[], Awaitable[Any]]) -> tuple[Any, int, float]:
+    async def _with_retries(
+        self, call: Callable[[], Awaitable[Any]], parse: Callable[[Any], R]
+    ) -> tuple[R, int, float]:
+        """``parse(await call())``, retried on transient failures; returns the parsed value,
+        the retries made and the wall seconds. A body ``parse`` cannot read is retried too."""
         import openai
         from tenacity import (
             AsyncRetrying,
@@ -241,6 +299,8 @@ class OpenAIBackend(Backend):
             openai.APITimeoutError,
             openai.APIConnectionError,
             openai.APIResponseValidationError,
+            json.JSONDecodeError,  # a 200 whose JSON body is cut short or garbled
+            MalformedResponse,
         )
         attempts = 0
         start = time.perf_counter()
@@ -256,22 +316,46 @@ class OpenAIBackend(Backend):
                 with attempt:
                     attempts += 1
                     response = await call()
-        except openai.AuthenticationError as exc:
+                    try:
+                        value = parse(response)
+                    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+                        raise MalformedResponse(f"{type(exc).__name__}: {exc}") from exc
+        except openai.AuthenticationError:
             raise BenchError(
-                f"openai backend: authentication failed for model {self.model}"
-            ) from exc
+                f"openai backend: authentication failed for model {self.model} at "
+                f"{safe_url(self.base_url)}; check the key in {self._key_source()}"
+            ) from None
         except openai.APIStatusError as exc:
             raise BenchError(
-                f"openai backend: {exc.status_code} from {self.model}: {_error_message(exc)}"
-            ) from exc
+                self._redact(
+                    f"openai backend: {exc.status_code} from {self.model}: {_error_message(exc)}"
+                )
+            ) from None
         except retryable as exc:
             if (why := self.gone()) is not None:
-                raise BenchError(why) from exc
+                raise BackendUnavailable(why) from None
+            what = f"{type(exc).__name__}: {_first_line(exc)}"
+            if isinstance(exc, openai.APIConnectionError):  # timeouts included
+                hint = (
+                    "; raise --request-timeout if the model is just slow"
+                    if isinstance(exc, openai.APITimeoutError)
+                    else ""
+                )
+                raise BackendUnavailable(
+                    self._redact(
+                        f"openai backend: {self.model} at {safe_url(self.base_url)} did not "
+                        f"answer after {attempts} attempts ({what}){hint}"
+                    )
+                ) from None
             raise BenchError(
-                f"openai backend: {self.model} failed after {attempts} attempts "
-                f"({type(exc).__name__}); the endpoint may be down"
-            ) from exc
-        return response, attempts - 1, time.perf_counter() - start
+                self._redact(
+                    f"openai backend: {self.model} failed after {attempts} attempts ({what})"
+                )
+            ) from None
+        return value, attempts - 1, time.perf_counter() - start
+
+    def _key_source(self) -> str:
+        return f"file {self._key_file}" if self._key_file else f"${self._key_env}"
 
     def _gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
         async def bounded() -> list[T | BaseException]:
@@ -312,12 +396,11 @@ class OpenAIBackend(Backend):
         if self.api == "completions":
             if r.logprobs is not None:
                 common["logprobs"] = r.logprobs
-            resp, retries, latency = await self._with_retries(
-                lambda: client.completions.create(prompt=r.prompt, **common)
-            )
-            completions = [
-                _from_completion_choice(ch) for ch in sorted(resp.choices, key=lambda c: c.index)
-            ]
+
+            async def call() -> Any:
+                return await client.completions.create(prompt=r.prompt, **common)
+
+            convert: Callable[[Any], Completion] = _from_completion_choice
         else:
             if r.logprobs is not None:
                 common["logprobs"] = True
@@ -325,17 +408,24 @@ class OpenAIBackend(Backend):
             messages = [{"role": "user", "content": r.prompt}]
             if self.system_prompt:
                 messages.insert(0, {"role": "system", "content": self.system_prompt})
-            resp, retries, latency = await self._with_retries(
-                lambda: client.chat.completions.create(messages=messages, **common)
-            )
-            completions = [
-                _from_chat_choice(ch) for ch in sorted(resp.choices, key=lambda c: c.index)
-            ]
-        usage = resp.usage
+
+            async def call() -> Any:
+                return await client.chat.completions.create(messages=messages, **common)
+
+            convert = _from_chat_choice
+
+        def parse(resp: Any) -> tuple[list[Completion], int, int]:
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            if len(choices) != r.n:
+                raise ValueError(f"asked for {r.n} choices, got {len(choices)}")
+            return [convert(ch) for ch in choices], *_usage(resp)
+
+        value, retries, latency = await self._with_retries(call, parse)
+        completions, prompt_tokens, completion_tokens = value
         return CallResult(
             completions,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=latency,
             retries=retries,
         )
@@ -347,7 +437,17 @@ class OpenAIBackend(Backend):
 
     async def _score_one(self, r: ScoreRequest) -> CallResult[ScoredText]:
         client = self._async_client()
-        resp, retries, latency = await self._with_retries(
+
+        def parse(resp: Any) -> tuple[ScoredText, int]:
+            lp = resp.choices[0].logprobs
+            offsets = list(lp.text_offset or [])
+            start = len(r.prompt)
+            chosen = [i for i, off in enumerate(offsets) if off >= start] if offsets else []
+            tokens = tuple(lp.tokens[i] for i in chosen)
+            logprobs = tuple(float(lp.token_logprobs[i] or 0.0) for i in chosen)
+            return ScoredText(tokens, logprobs), _usage(resp)[0]
+
+        (scored, prompt_tokens), retries, latency = await self._with_retries(
             lambda: client.completions.create(
                 model=self.model,
                 prompt=r.prompt + r.continuation,
@@ -355,18 +455,12 @@ class OpenAIBackend(Backend):
                 max_tokens=0,
                 logprobs=0,
                 temperature=0.0,
-            )
+            ),
+            parse,
         )
-        lp = resp.choices[0].logprobs
-        offsets = list(lp.text_offset or [])
-        start = len(r.prompt)
-        chosen = [i for i, off in enumerate(offsets) if off >= start] if offsets else []
-        tokens = tuple(lp.tokens[i] for i in chosen)
-        logprobs = tuple(float(lp.token_logprobs[i] or 0.0) for i in chosen)
-        usage = resp.usage
         return CallResult(
-            ScoredText(tokens, logprobs),
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            scored,
+            prompt_tokens=prompt_tokens,
             completion_tokens=0,
             latency_s=latency,
             retries=retries,
@@ -418,12 +512,19 @@ class OpenAIBackend(Backend):
                 "shape": list(arr.shape),
                 "data": base64.b64encode(arr.tobytes()).decode("ascii"),
             }
-        resp, retries, latency = await self._with_retries(
-            lambda: client.post("/bench/next_token_logprobs", cast_to=httpx.Response, body=body)
+
+        def parse(resp: Any) -> tuple[np.ndarray, int]:
+            data = resp.json()
+            raw = base64.b64decode(data["data"], validate=True)
+            rows = np.frombuffer(raw, dtype="<f4").reshape(data["shape"])
+            if rows.ndim != 2 or rows.shape[0] != len(group):
+                raise ValueError(f"expected {len(group)} rows, got shape {rows.shape}")
+            return rows, int((data.get("usage") or {}).get("prompt_tokens", 0))
+
+        (rows, total), retries, latency = await self._with_retries(
+            lambda: client.post("/bench/next_token_logprobs", cast_to=httpx.Response, body=body),
+            parse,
         )
-        data = resp.json()
-        rows = np.frombuffer(base64.b64decode(data["data"]), dtype="<f4").reshape(data["shape"])
-        total = int((data.get("usage") or {}).get("prompt_tokens", 0))
         shares = [
             total // len(group) + (1 if i < total % len(group) else 0) for i in range(len(group))
         ]
@@ -455,12 +556,27 @@ class OpenAIBackend(Backend):
         import httpx
 
         async def fetch() -> Any:
-            resp, _, _ = await self._with_retries(
-                lambda: self._async_client().get(path, cast_to=httpx.Response)
+            data, _, _ = await self._with_retries(
+                lambda: self._async_client().get(path, cast_to=httpx.Response),
+                lambda resp: dict(resp.json()),
             )
-            return resp.json()
+            return data
 
         return dict(self._run(fetch()))
+
+
+def _usage(resp: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens of a response's ``usage`` (0 where absent)."""
+    usage = getattr(resp, "usage", None)
+    return (
+        int(getattr(usage, "prompt_tokens", 0) or 0),
+        int(getattr(usage, "completion_tokens", 0) or 0),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _error_message(exc: Any) -> str:
