@@ -73,6 +73,17 @@ def array_from_json(d: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"]).copy()
 
 
+def _sample_seed(seed: int | None, first_sample: int) -> int | None:
+    """The seed of a request whose samples start at index ``first_sample``: ``seed`` itself
+    from 0 (so a first request is what the endpoint gives for ``seed``), a seed derived from
+    both otherwise, so that samples asked for beyond those already drawn (``sample_offset``,
+    or the slots a partly cached call lacks) are fresh draws, not the first ones again."""
+    if seed is None or first_sample == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{first_sample}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
 def _split_evenly(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -262,7 +273,7 @@ class MeteredBlackBox:
                 top_p=top_p,
                 max_tokens=limits[i],
                 stop=tuple(stop or ()),
-                seed=seed,
+                seed=_sample_seed(seed, sample_offset + slots[0]),
                 logprobs=logprobs,
             )
             for i, slots in pending

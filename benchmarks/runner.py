@@ -278,7 +278,9 @@ class Runner:
             missing = missing_capabilities(cls.requires, frozenset(self.backend.capabilities))
             tuner = self.make_tuner(method)
             for task_name in cfg.tasks:
-                projection = None if missing else self._project(tuner, task_name)
+                lacks = tuner.unsupported(self.tasks[task_name])
+                refused = missing or ([lacks] if lacks else [])
+                projection = None if refused else self._project(tuner, task_name)
                 for seed in cfg.seeds:
                     cid = cell_id(method, task_name, cfg.backend.name, cfg.backend.model, seed)
                     cells.append(
@@ -288,7 +290,7 @@ class Runner:
                             seed,
                             cid,
                             sorted(r.replace("|", " or ") for r in cls.requires),
-                            missing,
+                            refused,
                             projection,
                         )
                     )

@@ -496,6 +496,12 @@ class BlackBoxTuner(ABC):
         preset.update(overrides)
         return cls(**preset)
 
+    def unsupported(self, task: TaskLike) -> str | None:
+        """What ``task`` lacks for this method (e.g. "a classification task with label
+        words"), or None. The harness refuses such a pair while planning, before anything is
+        spent, and reports it as "n/a (needs ...)", like a missing capability."""
+        return None
+
     def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
         """Projected calls (the default: no tuning calls, one greedy call per test example)."""
         return CallPlan()

@@ -195,6 +195,11 @@ class BBT(BlackBoxTuner):
 
     # -- planning -------------------------------------------------------------------------
 
+    def unsupported(self, task: TaskLike) -> str | None:
+        if task.kind != "classification" or not task.labels:
+            return "a classification task with label words"
+        return None
+
     def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
         if task.kind != "classification" or not task.labels:
             return CallPlan(eval_samples_per_example=0.0)  # `fit` refuses the task

@@ -117,3 +117,31 @@ def test_max_tokens_is_capped_to_the_context_window(backend: HFBackend) -> None:
     assert out[0].finish_reason in ("length", "stop")
     with pytest.raises(BenchError, match="does not fit the context window of 24"):
         bb.generate(["word " * 40], max_tokens=5)
+
+
+class _Seeds(HFBackend):
+    """Records the seed of every generate request sent."""
+
+    seeds: list[int | None] = []
+
+    def generate_batch(
+        self, requests: Sequence[GenerateRequest]
+    ) -> list[CallResult[list[Completion]]]:
+        type(self).seeds += [r.seed for r in requests]
+        return super().generate_batch(requests)
+
+
+def test_samples_beyond_the_cached_ones_are_fresh_draws(tmp_path: Path, backend: HFBackend) -> None:
+    bb = MeteredBlackBox(
+        _Seeds(str(backend.path)), meter=UsageMeter(), cache=ResponseCache(tmp_path)
+    )
+    args = {"temperature": 1.0, "max_tokens": 6, "seed": 3}
+    with torch_threads(1):
+        bb.generate(["Q: 1 + 1\nA:"], n=2, **args)
+        bb.generate(["Q: 1 + 1\nA:"], n=4, **args)  # samples 2-3 missing
+        bb.generate(["Q: 1 + 1\nA:"], n=2, sample_offset=4, **args)  # samples 4-5
+        bb.generate(["Q: 1 + 1\nA:"], n=2, sample_offset=4, **args)  # all cached
+    first, second, third = _Seeds.seeds
+    # the first request uses the caller's seed; later ones do not repeat it (or each other), so
+    # sample 4 is not sample 0 again under another cache key
+    assert first == 3 and len({first, second, third}) == 3

@@ -163,6 +163,24 @@ def test_incompatible_pair_is_refused_before_spending(tmp_path: Path, server: st
     assert "n/a (needs prompt_embeds)" in (tmp_path / "rep" / "leaderboard.md").read_text()
 
 
+def test_task_a_method_cannot_use_is_refused_before_spending(tmp_path: Path, server: str) -> None:
+    """BBT scores label words: on a generation task it is refused while planning (n/a), with
+    the reason, before anything is spent."""
+    code = main(
+        ["run", "--methods", "bbt", "--tasks", "zoo-arith", "--backend", "openai"]
+        + ["--base-url", server, "--api", "completions", "--model", "tiny", "--limit", "2"]
+        + ["--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]
+        + ["--run-id", "x", "--capabilities", "generate,next_token_logits,prompt_embeds"]
+    )
+    assert code == 0
+    (cell,) = RunStore(tmp_path / "r" / "x").cells()
+    assert (cell.status, cell.reason) == ("refused", "needs a classification task with label words")
+    assert cell.usage == {}
+    assert main(["report", str(tmp_path / "r" / "x"), "--out", str(tmp_path / "rep")]) == 0
+    board = (tmp_path / "rep" / "leaderboard.md").read_text()
+    assert "n/a (needs a classification task with label words)" in board
+
+
 def test_resume_skips_finished_cells(tmp_path: Path, server: str) -> None:
     assert _run(tmp_path, server, "--run-id", "r1") == 0
     store = RunStore(tmp_path / "results" / "r1")

@@ -1,0 +1,257 @@
+"""Aligner: a small corrector trained to rewrite the black box's answers (Ji et al.,
+"Aligner: Efficient Alignment by Learning to Correct", NeurIPS 2024, arXiv 2402.02416;
+official code PKU-Alignment/aligner, a safe-rlhf fork: ``aligner/scripts/sft-correction.sh``,
+``aligner/training/configs/constants.py``, ``aligner/training/datasets/supervised.py``).
+
+Training data are triples (question, upstream answer, corrected answer). Here the upstream
+model is the black box itself: for each training question one black-box answer to the task's
+prompt (greedy, the task's default instruction, one call per question), and the gold
+completion (`TaskLike.render_target`: the worked rationale and the answer) as the correction.
+The corrector, a causal LM initialised from ``zoo-small`` (any local model directory), is
+fine-tuned on ``template(q, a) -> " " + c + EOS`` with the loss on the correction tokens only
+(safe-rlhf masks the prompt with IGNORE_INDEX), 3 epochs, no early stopping. At inference the
+black box answers (one greedy call per example, metered by the harness), the corrector
+rewrites the answer greedily, and the prediction is the task's extraction from the rewrite.
+
+Choices where the paper leaves room:
+- Upstream answers: the paper's data pair each query with ONE answer of a weak upstream model
+  (Alpaca-7B) and a correction by GPT-4 / Llama2-70B-chat / annotators; here the answer is the
+  black box's own greedy answer (the model Aligner is then stacked on) and the correction is
+  the gold completion. ``answers_per_question > 1`` draws several sampled answers per question
+  in the same single call (n > 1) for more training pairs; off by default.
+- Template: the current one (constants.py since commit 29da040, "##Question: {q}\\n##Answer:
+  {a}\\n##Correction: " in the "BEGINNING OF CONVERSATION: USER: ... ASSISTANT:" wrapper) is
+  the default: it asks for a correction and is task-neutral, while v1 ("Edit the following
+  Question-Answer pair to make it more helpful and harmless: {q} | {a}") is about
+  helpfulness and harmlessness (kept selectable: ``template="v1"``). The light/medium/heavy
+  presets use "compact", the current template without the wrapper: the wrapper costs 41
+  tokens of zoo-small's 192-token context (capitals are spelled out byte by byte).
+- Identity warm-up: the paper describes first training on the identity mapping (q, a) -> a
+  before the residual correction (q, a) -> c; ``sft-correction.sh`` runs the correction stage
+  only. ``identity_warmup`` (a share of the triples, one epoch) turns the warm-up on; the
+  default follows the official script (off).
+- No copy safeguard at inference: neither the paper nor the code falls back to the upstream
+  answer; ``fallback=True`` adds one (when nothing can be parsed from the rewrite), off by
+  default.
+
+Deviations forced by the setting:
+- Hyperparameters of ``sft-correction.sh`` (3 epochs, lr 2e-5, cosine, warmup ratio 0.03,
+  weight decay 0, batch 4 x 8 accumulation per device, max length 2048, AdamW betas (0.9,
+  0.95)) form the ``paper`` preset. They fine-tune a pretrained 2-13B model on 20K+ triples;
+  zoo-small is a 0.4M-parameter model pretrained at lr 1e-3 (its ``training.json``) and the
+  budgets give it a few hundred triples, for which 2e-5 learns the output format but
+  corrects less than 3e-4 (see `Aligner.presets`), so the budget presets raise the learning
+  rate and shrink the batch.
+- Sequences are cut to the corrector's context (192 tokens for zoo models): the upstream
+  answer first, then the start of the question (`Corrector.encode_prompt`).
+- The dev split is not used: the official recipe trains a fixed number of epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from methods.base import (
+    AdaptedPolicy,
+    BlackBox,
+    BlackBoxTuner,
+    CallPlan,
+    Example,
+    TaskLike,
+    TuneContext,
+    register_method,
+)
+from methods.corrector import (
+    DEFAULT_CORRECTOR,
+    Corrector,
+    CorrectorPolicy,
+    TrainSettings,
+    Triple,
+    black_box_prompt,
+    correction_template,
+    generation_room,
+    question_text,
+    train_sft,
+    upstream_answers,
+)
+
+
+@dataclass(frozen=True)
+class AlignerConfig:
+    #: the corrector's backbone: a zoo model name or a local causal-LM directory (the paper
+    #: uses Gemma-2B / Llama2-7B / Llama2-13B; zoo-small is the zoo's small model).
+    corrector: str = DEFAULT_CORRECTOR
+    #: correction prompt: "current" (constants.py since commit 29da040), "v1" (the paper's
+    #: released model), or "compact" (current without the conversation wrapper).
+    template: str = "current"
+    #: training questions drawn (seeded) from the train split; None = all of them (the paper
+    #: trains on its whole correction set, aligner-20K). One black-box call per question.
+    n_questions: int | None = None
+    #: black-box answers per question: 1, as the paper's data pair each query with one
+    #: upstream answer; more are sampled in the same call (n > 1, ``temperature``).
+    answers_per_question: int = 1
+    #: sampling temperature when ``answers_per_question > 1`` (1 answer: greedy).
+    temperature: float = 1.0
+    #: the task instruction the black box answers with (0 = the default, as zero-shot).
+    instruction_index: int = 0
+    #: sft-correction.sh: ``--epochs 3``.
+    epochs: int = 3
+    #: sft-correction.sh: ``--learning_rate 2e-5``.
+    lr: float = 2e-5
+    #: sft-correction.sh: ``--per_device_train_batch_size 4`` x
+    #: ``--gradient_accumulation_steps 8`` (one device).
+    batch_size: int = 32
+    #: sft-correction.sh: ``--lr_scheduler_type cosine``.
+    schedule: str = "cosine"
+    #: sft-correction.sh: ``--lr_warmup_ratio 0.03``.
+    warmup_ratio: float = 0.03
+    #: sft-correction.sh: ``--weight_decay 0.0``.
+    weight_decay: float = 0.0
+    #: sft-correction.sh: ``--max_length 2048`` (cut to the corrector's context).
+    max_length: int = 2048
+    #: share of the triples for a one-epoch identity warm-up (q, a) -> a before the
+    #: correction stage (the paper's warm-up); 0 as in sft-correction.sh (no warm-up stage).
+    identity_warmup: float = 0.0
+    #: answer with the black box's own answer when the rewrite has none (not in the paper).
+    fallback: bool = False
+
+
+@register_method("aligner")
+class Aligner(BlackBoxTuner):
+    """Aligner: a small corrector, fine-tuned on (question, black-box answer, gold answer),
+    rewrites the black box's answers at inference."""
+
+    Config = AlignerConfig
+    config: AlignerConfig
+    uses_white_box: ClassVar[bool] = True
+    variant: str | None = None
+    # Budget presets: questions (= tuning calls) within 400 / 2,000 / 10,000. The learning
+    # rate is raised from the official 2e-5 (for a pretrained multi-billion model) to 3e-4
+    # and batches shrunk so a few hundred triples still make ~100 steps: of 2e-5, 3e-4 and
+    # 1e-3 (zoo-small's own pretraining rate), 3e-4 corrected best on zoo-truth (see
+    # tests/methods/test_aligner.py's docstring). "compact" drops the 41-token wrapper.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "light": {
+            "n_questions": 300,
+            "epochs": 3,
+            "lr": 3e-4,
+            "batch_size": 8,
+            "template": "compact",
+        },
+        "medium": {
+            "n_questions": 1500,
+            "epochs": 3,
+            "lr": 3e-4,
+            "batch_size": 16,
+            "template": "compact",
+        },
+        "heavy": {
+            "n_questions": 8000,
+            "epochs": 3,
+            "lr": 3e-4,
+            "batch_size": 32,
+            "template": "compact",
+        },
+    }
+
+    def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
+        n = self._n_questions(train)
+        prompt = black_box_prompt(train[0], task, self.config.instruction_index) if train else None
+        return CallPlan(
+            calls=n,
+            samples=n * self.config.answers_per_question,
+            tune_prompt=prompt,
+            eval_prompt=prompt,
+            eval_calls_per_example=1.0,
+            eval_samples_per_example=1.0,
+        )
+
+    def _n_questions(self, train: Sequence[Example]) -> int:
+        n = self.config.n_questions
+        return len(train) if n is None else min(n, len(train))
+
+    def fit(
+        self,
+        train: Sequence[Example],
+        *,
+        task: TaskLike,
+        backend: BlackBox,
+        dev: Sequence[Example] | None = None,
+        proposer: BlackBox | None = None,
+        context: TuneContext | None = None,
+    ) -> AdaptedPolicy:
+        cfg = self.config
+        ctx = context or TuneContext()
+        rng = random.Random(ctx.seed)
+        questions = rng.sample(list(train), self._n_questions(train))
+        sampled = cfg.answers_per_question > 1
+        answers = upstream_answers(
+            questions,
+            task=task,
+            backend=backend,
+            instruction_index=cfg.instruction_index,
+            n=cfg.answers_per_question,
+            temperature=cfg.temperature if sampled else 0.0,
+            seed=ctx.seed if sampled else None,
+        )
+        triples = [
+            Triple(question_text(ex), completion.text, task.render_target(ex))
+            for ex, outs in zip(questions, answers, strict=True)
+            for completion in outs
+        ]
+        correct = sum(
+            task.score(task.extract(t.answer, ex), ex)
+            for t, ex in zip(triples, _repeat(questions, cfg.answers_per_question), strict=True)
+        )
+        ctx.on_event(
+            "data",
+            {
+                "questions": len(questions),
+                "triples": len(triples),
+                "upstream_accuracy": round(correct / max(len(triples), 1), 4),
+            },
+        )
+        template = correction_template(cfg.template)
+        corrector = Corrector.load(
+            ctx.resolve_model(cfg.corrector), template, max_length=cfg.max_length, device=ctx.device
+        )
+        settings = TrainSettings(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            weight_decay=cfg.weight_decay,
+            betas=(0.9, 0.95),  # constants.py (safe-rlhf's Adam betas)
+            schedule=cfg.schedule,
+            warmup_ratio=cfg.warmup_ratio,
+        )
+        with ctx.compute.compute("train corrector"):
+            if cfg.identity_warmup > 0:
+                k = max(1, round(cfg.identity_warmup * len(triples)))
+                identity = [Triple(t.question, t.answer, t.answer) for t in triples[:k]]
+                train_sft(
+                    corrector,
+                    identity,
+                    dataclasses.replace(settings, epochs=1),
+                    seed=ctx.seed,
+                    on_event=ctx.on_event,
+                    label="identity warmup",
+                )
+            train_sft(corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event)
+        return CorrectorPolicy(
+            corrector,
+            template=cfg.template,
+            instruction_index=cfg.instruction_index,
+            max_new_tokens=generation_room(
+                corrector, [t.correction for t in triples], task.max_tokens
+            ),
+            fallback=cfg.fallback,
+            method="aligner",
+        )
+
+
+def _repeat(items: Sequence[Example], k: int) -> list[Example]:
+    return [item for item in items for _ in range(k)]
