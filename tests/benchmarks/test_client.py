@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_max_tokens_is_capped_to_the_context_window(backend: HFBackend) -> None:
 class _Seeds(HFBackend):
     """Records the seed of every generate request sent."""
 
-    seeds: list[int | None] = []
+    seeds: ClassVar[list[int | None]] = []
 
     def generate_batch(
         self, requests: Sequence[GenerateRequest]

@@ -167,10 +167,12 @@ def test_task_a_method_cannot_use_is_refused_before_spending(tmp_path: Path, ser
     """BBT scores label words: on a generation task it is refused while planning (n/a), with
     the reason, before anything is spent."""
     code = main(
-        ["run", "--methods", "bbt", "--tasks", "zoo-arith", "--backend", "openai"]
-        + ["--base-url", server, "--api", "completions", "--model", "tiny", "--limit", "2"]
-        + ["--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]
-        + ["--run-id", "x", "--capabilities", "generate,next_token_logits,prompt_embeds"]
+        [
+            *("run", "--methods", "bbt", "--tasks", "zoo-arith", "--backend", "openai"),
+            *("--base-url", server, "--api", "completions", "--model", "tiny", "--limit", "2"),
+            *("--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")),
+            *("--run-id", "x", "--capabilities", "generate,next_token_logits,prompt_embeds"),
+        ]
     )
     assert code == 0
     (cell,) = RunStore(tmp_path / "r" / "x").cells()
