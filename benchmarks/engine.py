@@ -192,7 +192,7 @@ class HFEngine:
             dtype = torch.float32 if device == "cpu" else "auto"
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), local_files_only=True, dtype=dtype
+            str(directory), local_files_only=True, dtype=dtype, use_safetensors=True
         )
         return cls(model, tokenizer, device=device, max_context=max_context)
 

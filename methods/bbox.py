@@ -454,7 +454,7 @@ class Adapter:
 
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        backbone = AutoModel.from_pretrained(directory, local_files_only=True)
+        backbone = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=True)
         return cls(backbone, tokenizer, pooling=_pooling(pooling, config), max_length=max_length)
 
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -237,7 +237,9 @@ class Corrector:
             raise BenchError(f"corrector model {path}: not a local model directory")
         with _no_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, use_safetensors=True
+            )
         return cls(model, tokenizer, template, max_length=max_length, device=device)
 
     def save(self, directory: Path) -> None:

@@ -128,7 +128,9 @@ class LocalLM:
             hf_logging.disable_progress_bar()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, use_safetensors=True
+            )
         finally:
             if bar:
                 hf_logging.enable_progress_bar()

@@ -37,6 +37,10 @@ class FewShotConfig:
     #: keep the task's default instruction in front of the demonstrations.
     with_instruction: bool = True
 
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0 demonstrations, got {self.k}")
+
 
 @register_method("few-shot", "fewshot", "icl")
 class FewShot(BlackBoxTuner):

@@ -16,6 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -188,6 +189,8 @@ def read_rows(path: Path, *, required: Iterable[str] = ()) -> list[dict[str, Any
         )
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.read_bytes().strip():
+        raise DataError(f"{path}: file is empty; expected rows of {', '.join(required) or 'data'}")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
     if fmt == "csv":
         # only an empty cell is missing: pandas would also read "NA", "null", "None" as missing
@@ -311,15 +314,18 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 def normalize_number(text: str) -> str | None:
-    """'1,234' -> '1234', '3.50' -> '3.5', '-2' -> '-2'; None when not a number."""
+    """'1,234' -> '1234', '3.50' -> '3.5', '-2' -> '-2'; None when not a number. Exact for
+    integers of any size and for decimals (parsed as `Decimal`, never through a float)."""
     text = text.strip().replace(",", "").rstrip(".")
     try:
-        value = float(text)
-    except ValueError:
+        value = Decimal(text)
+    except InvalidOperation:
         return None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not value.is_finite() or abs(value.adjusted()) > 1000:  # no answer has 1000 digits
         return None
-    return str(int(value)) if value == int(value) else repr(value)
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
 
 
 def extract_final_number(text: str, marker: str = "####") -> str | None:

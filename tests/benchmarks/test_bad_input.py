@@ -154,6 +154,11 @@ CLI_CASES: list[tuple[str, dict[str, str | None], str]] = [
         "list is not an integer",
     ),
     (
+        "--set negative demonstrations",
+        {"--methods": "few-shot", "--set": "few-shot.k=-1"},
+        "k must be >= 0 demonstrations, got -1",
+    ),
+    (
         "--set out of range",
         {"--methods": "test-ranged", "--set": "test-ranged.rate=2"},
         "bad hyperparameter (rate must be in (0, 1], got 2.0)",
@@ -287,7 +292,12 @@ def test_bad_config_file(
 #: (what, files under data_dir/<task>/, task, expected)
 TASK_FILE_CASES: list[tuple[str, dict[str, str | bytes], str, str]] = [
     ("missing file", {"train.jsonl": GOOD_GSM8K * 4}, "gsm8k", "test.jsonl not found"),
-    ("empty file", {"train.jsonl": GOOD_GSM8K * 4, "test.jsonl": ""}, "gsm8k", "test.jsonl"),
+    (
+        "empty file",
+        {"train.jsonl": GOOD_GSM8K * 4, "test.jsonl": ""},
+        "gsm8k",
+        "test.jsonl: file is empty",
+    ),
     (
         "not UTF-8",
         {

@@ -239,5 +239,4 @@ def test_model_weights_load_from_safetensors_only() -> None:
                 continue
             if not any(k.arg == "use_safetensors" for k in node.keywords):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {owner}.from_pretrained")
-    if found:
-        pytest.xfail("model loads without use_safetensors=True:\n" + "\n".join(found))
+    assert not found, "model loads without use_safetensors=True:\n" + "\n".join(found)
