@@ -249,9 +249,22 @@ def _compute_summary(computes: list[ComputeRecord]) -> dict[str, Any]:
                 "wall_s": round(sum(c.wall_s for c in recs), 4),
                 "device": recs[0].device,
                 "peak_mem_mb": max(c.peak_mem_mb for c in recs),
-                "blocks": [asdict(c) for c in recs],
+                "blocks": _merge_blocks(recs),
             }
     return out
+
+
+def _merge_blocks(recs: list[ComputeRecord]) -> list[dict[str, Any]]:
+    """One entry per label (in first-seen order) with summed seconds and a ``count``: methods
+    time white-box work per decoding step, which would otherwise be hundreds of blocks."""
+    merged: dict[str, dict[str, Any]] = {}
+    for c in recs:
+        entry = merged.setdefault(c.label, {**asdict(c), "seconds": 0.0, "wall_s": 0.0, "count": 0})
+        entry["seconds"] = round(entry["seconds"] + c.seconds, 6)
+        entry["wall_s"] = round(entry["wall_s"] + c.wall_s, 6)
+        entry["peak_mem_mb"] = max(entry["peak_mem_mb"], c.peak_mem_mb)
+        entry["count"] += 1
+    return list(merged.values())
 
 
 def total_tokens(summary: dict[str, Any], flavour: str = "billed", phase: str | None = None) -> int:

@@ -48,6 +48,22 @@ def test_compute_is_timed_in_the_current_phase() -> None:
     assert "eval" not in s
 
 
+def test_compute_blocks_of_one_label_are_merged() -> None:
+    meter = UsageMeter(device="cpu")
+    meter.phase = "eval"
+    for _ in range(50):  # e.g. one block per decoding step
+        with meter.compute("white-box decoding"):
+            sum(i * i for i in range(2_000))
+    with meter.compute("adapter"):
+        pass
+    s = meter.summary()["compute"]["eval"]
+    assert [(b["label"], b["count"]) for b in s["blocks"]] == [
+        ("white-box decoding", 50),
+        ("adapter", 1),
+    ]
+    assert sum(b["seconds"] for b in s["blocks"]) == pytest.approx(s["seconds"], abs=1e-3)
+
+
 def test_price_table_errors(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("models:\n  m: {input_per_mtok: 1}\n", encoding="utf-8")
