@@ -251,7 +251,7 @@ def _memorised_policy(fallback: bool = False) -> tuple[CorrectorPolicy, SumTask]
     train_sft(
         c,
         [Triple(question_text(ex), "#### 0", task.render_target(ex)) for ex in train],
-        TrainSettings(epochs=40, lr=3e-3, batch_size=3, schedule="constant", warmup_ratio=0),
+        TrainSettings(epochs=80, lr=3e-3, batch_size=3, schedule="constant", warmup_ratio=0),
     )
     return CorrectorPolicy(c, template="compact", max_new_tokens=20, fallback=fallback), task
 
