@@ -71,10 +71,11 @@ from methods.corrector import (
     CorrectorPolicy,
     TrainSettings,
     Triple,
-    black_box_prompt,
     correction_template,
+    corrector_plan,
     generation_room,
     question_text,
+    questions_used,
     train_sft,
     upstream_answers,
 )
@@ -159,20 +160,13 @@ class Aligner(BlackBoxTuner):
     }
 
     def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
-        n = self._n_questions(train)
-        prompt = black_box_prompt(train[0], task, self.config.instruction_index) if train else None
-        return CallPlan(
-            calls=n,
-            samples=n * self.config.answers_per_question,
-            tune_prompt=prompt,
-            eval_prompt=prompt,
-            eval_calls_per_example=1.0,
-            eval_samples_per_example=1.0,
+        return corrector_plan(
+            task,
+            train,
+            n_questions=self.config.n_questions,
+            instruction_index=self.config.instruction_index,
+            samples_per_question=self.config.answers_per_question,
         )
-
-    def _n_questions(self, train: Sequence[Example]) -> int:
-        n = self.config.n_questions
-        return len(train) if n is None else min(n, len(train))
 
     def fit(
         self,
@@ -187,7 +181,7 @@ class Aligner(BlackBoxTuner):
         cfg = self.config
         ctx = context or TuneContext()
         rng = random.Random(ctx.seed)
-        questions = rng.sample(list(train), self._n_questions(train))
+        questions = rng.sample(list(train), questions_used(train, self.config.n_questions))
         sampled = cfg.answers_per_question > 1
         answers = upstream_answers(
             questions,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
+    CallPlan,
     Completion,
     Example,
     Prediction,
@@ -377,15 +378,7 @@ class Corrector:
         token counts [B]. Differentiable."""
         import torch
 
-        width = max(len(ids) for ids, _ in sequences)
-        ids = torch.full((len(sequences), width), self.eos, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-        for row, (seq, n_prompt) in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-        ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
+        ids, mask, labels = sft_batch(sequences, self.eos, self.device)
         targets = labels[:, 1:]
         valid = targets != IGNORE_INDEX
         head = self.model.get_output_embeddings()
@@ -403,6 +396,52 @@ class Corrector:
         counts = valid.sum(-1)
         summed = token.sum(-1)
         return summed / counts.clamp(min=1), summed, counts
+
+
+def sft_batch(
+    sequences: Sequence[tuple[list[int], int]], pad: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask, and labels (IGNORE_INDEX on prompt and padding) for
+    (ids, prompt length) sequences: the batch of every supervised loss here (correctors,
+    proxy-tuning's expert)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (seq, n_prompt) in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def corrector_plan(
+    task: TaskLike,
+    train: Sequence[Example],
+    *,
+    n_questions: int | None,
+    instruction_index: int,
+    samples_per_question: int,
+) -> CallPlan:
+    """The plan of a corrector method: one black-box call per training question (with
+    ``samples_per_question`` samples), and one black-box call per test example to correct."""
+    n = questions_used(train, n_questions)
+    prompt = black_box_prompt(train[0], task, instruction_index) if train else None
+    return CallPlan(
+        calls=n,
+        samples=n * samples_per_question,
+        tune_prompt=prompt,
+        eval_prompt=prompt,
+        eval_calls_per_example=1.0,
+        eval_samples_per_example=1.0,
+    )
+
+
+def questions_used(train: Sequence[Example], n_questions: int | None) -> int:
+    """How many training questions a corrector method asks the black box about."""
+    return len(train) if n_questions is None else min(n_questions, len(train))
 
 
 @contextlib.contextmanager

@@ -63,6 +63,7 @@ from methods.base import (
     policy_types,
     register_method,
 )
+from methods.corrector import IGNORE_INDEX, sft_batch
 from methods.decoding import (
     BLACK_BOX,
     DecodingPolicy,
@@ -83,7 +84,6 @@ if TYPE_CHECKING:
 #: where the policy keeps the fine-tuned expert (transformers format, safetensors).
 EXPERT_DIR = "expert"
 #: label of masked positions in the cross-entropy (PyTorch's ignore_index).
-IGNORE_INDEX = -100
 
 
 def proxy_scores(
@@ -299,7 +299,7 @@ def finetune(
         losses: list[float] = []
         for lo in range(0, len(order), batch_size):
             batch = [sequences[i] for i in order[lo : lo + batch_size]]
-            ids, mask, labels = _batch(batch, lm.eos_id, lm.device)
+            ids, mask, labels = sft_batch(batch, lm.eos_id, lm.device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(),
@@ -316,23 +316,6 @@ def finetune(
             on_epoch(epoch + 1, history[-1])
     model.eval()
     return history
-
-
-def _batch(
-    batch: Sequence[tuple[list[int], int]], pad: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels (IGNORE_INDEX on prompt and padding)."""
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for row, (seq, n_prompt) in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-    return ids.to(device), mask.to(device), labels.to(device)
 
 
 # --------------------------------------------------------------------------------------------

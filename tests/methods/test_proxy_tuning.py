@@ -13,13 +13,12 @@ import torch
 from benchmarks.backends.zoo import resolve_model_dir
 from benchmarks.tasks.base import get_task
 from methods import BenchError, TuneContext, get_method, load_policy
+from methods.corrector import IGNORE_INDEX, sft_batch
 from methods.decoding import BLACK_BOX, LocalLM
 from methods.proxy_tuning import (
     EXPERT_DIR,
-    IGNORE_INDEX,
     ProxyTuning,
     ProxyTuningPolicy,
-    _batch,
     finetune,
     proxy_scores,
     training_sequence,
@@ -80,7 +79,7 @@ def test_training_sequences_mask_the_prompt(small_dir: Path) -> None:
     assert ids[:n_prompt] == lm.encode(prompt)
     assert ids[-1] == lm.eos_id
     assert lm.decode(ids[n_prompt:]) == " " + task.render_target(ex)
-    _, _, labels = _batch([(ids, n_prompt), (ids[:5], 3)], lm.eos_id, "cpu")
+    _, _, labels = sft_batch([(ids, n_prompt), (ids[:5], 3)], lm.eos_id, "cpu")
     assert (labels[0, :n_prompt] == IGNORE_INDEX).all()
     assert labels[0, n_prompt:].tolist() == ids[n_prompt:]
     assert labels[1].tolist() == [IGNORE_INDEX] * 3 + ids[3:5] + [IGNORE_INDEX] * (len(ids) - 5)
@@ -92,7 +91,7 @@ def test_training_sequences_mask_the_prompt(small_dir: Path) -> None:
 
 
 def _mean_loss(lm: LocalLM, seqs: list[tuple[list[int], int]]) -> float:
-    ids, mask, labels = _batch(seqs, lm.eos_id, "cpu")
+    ids, mask, labels = sft_batch(seqs, lm.eos_id, "cpu")
     with torch.no_grad():
         logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     return float(
