@@ -233,14 +233,80 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="plan and print the projected spend, then stop",
     )
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default=None,
+        help="run cells one after another here (local, default) or as Ray tasks (ray; "
+        "needs the ray extra)",
+    )
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="the Ray cluster for --executor ray: auto, or ray://HOST:10001 (default: start "
+        "a local one)",
+    )
 
     ls = sub.add_parser("ls", help="list methods, tasks or backends")
     ls.add_argument("what", choices=("methods", "tasks", "backends"))
 
-    report = sub.add_parser("report", help="write a Markdown leaderboard from results")
+    report = sub.add_parser(
+        "report",
+        help="write the leaderboard (Markdown, HTML, plots) from results; never re-runs",
+    )
     report.add_argument("runs", nargs="*", type=Path, help="run directories (default: latest)")
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     report.add_argument("--out", type=Path, default=Path("reports"))
+    report.add_argument(
+        "--cost-reference",
+        default="bbox",
+        metavar="METHOD",
+        help="cost ratios are each method's cost over this method's (default: bbox)",
+    )
+
+    regress = sub.add_parser(
+        "regress",
+        help="compare a run against a baseline run; exit 1 if a method × task regressed",
+        description="Compare a run against a baseline, method × task over seeds. Exit 0: no "
+        "regression; 1: accuracy fell beyond the seeds' noise band plus the tolerance, tokens "
+        "or compute rose beyond theirs, or a method × task the baseline finished is missing "
+        "or not ok; 2: bad input. See benchmarks/regress.py for the arithmetic.",
+    )
+    regress.add_argument("--baseline", type=Path, required=True, help="baseline run directory")
+    regress.add_argument("--run", type=Path, required=True, help="run directory to check")
+    regress.add_argument(
+        "--accuracy-tolerance",
+        type=_non_negative_float,
+        default=0.02,
+        help="accuracy drop allowed beyond the noise band, absolute (default 0.02)",
+    )
+    regress.add_argument(
+        "--token-tolerance",
+        type=_non_negative_float,
+        default=0.10,
+        help="relative rise in tokens allowed (default 0.10 = 10%%)",
+    )
+    regress.add_argument(
+        "--token-count",
+        choices=("idealized", "billed"),
+        default="idealized",
+        help="tokens compared: idealized (cache hits counted, the default) or billed",
+    )
+    regress.add_argument(
+        "--compute-tolerance",
+        type=_non_negative_float,
+        default=1.0,
+        help="relative rise in compute seconds allowed (default 1.0: may double; shared CPUs "
+        "are noisy)",
+    )
+    regress.add_argument(
+        "--compute-slack",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="compute seconds allowed on top of the relative rise (default 1.0)",
+    )
 
     cache = sub.add_parser("cache", help="inspect or clear the response cache")
     cache.add_argument("action", choices=("stats", "clear"))
@@ -267,10 +333,28 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--docs-per-task", type=_positive_int, default=40_000)
     zoo.add_argument("--seed", type=int, default=0)
     perf = sub.add_parser("perf", help="print performance figures (never asserted)")
-    perf.add_argument("what", choices=("server",))
+    perf.add_argument("what", choices=("server", "suite", "replay", "ray"))
     perf.add_argument("--model", default="zoo-large")
     perf.add_argument("--concurrency", type=_positive_int, default=32)
     perf.add_argument("--max-tokens", type=_positive_int, default=48)
+    perf.add_argument("--task", default="zoo-hops", help="server: the task whose prompts are sent")
+    perf.add_argument(
+        "--prompts-per-request",
+        type=_positive_int,
+        default=1,
+        help="server: send the prompts as lists of this many (1: one request each)",
+    )
+    perf.add_argument("--methods", type=_csv, default=None, help="suite/replay (default: all)")
+    perf.add_argument("--tasks", type=_csv, default=["zoo-sentiment"], help="suite/replay")
+    perf.add_argument("--seeds", type=_seeds, default=[0], help="suite/replay")
+    perf.add_argument("--budget", choices=("light", "medium", "heavy", "paper"), default="light")
+    perf.add_argument("--limit", type=_positive_int, default=None, help="test examples per task")
+    perf.add_argument(
+        "--run", type=Path, default=None, help="suite: only read this run directory's records"
+    )
+    perf.add_argument(
+        "--workdir", type=Path, default=None, help="suite/replay: keep results and cache here"
+    )
     return parser
 
 
@@ -308,6 +392,8 @@ _RUN_KEYS = {
     "max_cell_calls",
     "request_timeout",
     "max_retries",
+    "executor",
+    "ray_address",
 }
 
 
@@ -428,6 +514,8 @@ _CONFIG_CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_cell_calls": _want_int(0),
     "request_timeout": _want_number(positive=True),
     "max_retries": _want_int(0),
+    "executor": _want_choice("local", "ray"),
+    "ray_address": _want_str,
 }
 
 
@@ -509,6 +597,8 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         if v.get("proposer_base_url"):
             p_options["base_url"] = v["proposer_base_url"]
         proposer = BackendSpec(p_backend or backend_name, p_model, p_options)
+    if v.get("ray_address") and v.get("executor", "local") != "ray":
+        raise BenchError("--ray-address is for --executor ray; add --executor ray or drop it")
     seeds = v.get("seeds", [0])
     if isinstance(seeds, str):
         seeds = _seeds(seeds)
@@ -536,6 +626,8 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
             tokens=v.get("max_cell_tokens"),
             calls=v.get("max_cell_calls"),
         ),
+        executor=str(v.get("executor", "local")),
+        ray_address=v.get("ray_address"),
     )
     if v.get("cache_dir"):
         config.cache_dir = Path(v["cache_dir"])
@@ -609,9 +701,25 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise BenchError(f"no runs under {args.results_dir}; run `bench run` first")
         runs = [candidates[-1].parent]
     stores = [open_run(r) for r in runs]
-    path = write_report(stores, args.out)
-    print(f"wrote {path}")
+    files = write_report(stores, args.out, cost_reference=args.cost_reference)
+    print(f"wrote {files.markdown}")
+    print(f"wrote {files.html}")
+    print(f"wrote {len(files.plots)} plots to {args.out / 'plots'}")
+    print(f"wrote {len(files.cell_pages)} cell pages to {args.out / 'cells'}")
     return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from benchmarks.regress import Tolerances, regress
+
+    tolerances = Tolerances(
+        accuracy=args.accuracy_tolerance,
+        tokens=args.token_tolerance,
+        compute=args.compute_tolerance,
+        compute_slack_s=args.compute_slack,
+        token_count=args.token_count,
+    )
+    return regress(args.baseline, args.run, tolerances)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -696,12 +804,54 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
+    if args.what == "ray":
+        from benchmarks.perf import ray_overhead
+
+        print(ray_overhead(args.model).describe())
+        return 0
+    if args.what in ("suite", "replay"):
+        return _perf_suite(args)
     from benchmarks.perf import server_throughput
 
     result = server_throughput(
-        _resolve_model_dir(args.model), concurrency=args.concurrency, max_tokens=args.max_tokens
+        _resolve_model_dir(args.model),
+        concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
+        task=args.task,
+        prompts_per_request=args.prompts_per_request,
     )
     print(result.describe())
+    return 0
+
+
+def _perf_suite(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from benchmarks.perf import Replay, SuiteTime, method_times, suite_config, time_suite
+    from benchmarks.results import open_run
+
+    if args.run is not None:
+        if args.what != "suite":
+            raise BenchError("--run reads an existing run; it goes with `bench perf suite`")
+        store = open_run(args.run)
+        print(SuiteTime(0.0, 0.0, method_times(store.cells())).table())
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-perf-suite-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        options = {
+            "model": args.model,
+            "methods": args.methods,
+            "tasks": args.tasks,
+            "seeds": args.seeds,
+            "budget": args.budget,
+            "limit": args.limit,
+        }
+        first = time_suite(suite_config(workdir, "perf-first", **options))
+        print(first.table())
+        if args.what == "replay":
+            again = time_suite(suite_config(workdir, "perf-replay", **options))
+            print(again.table())
+            print(Replay(first, again).describe())
     return 0
 
 
@@ -711,6 +861,7 @@ COMMANDS = {
     "zoo": cmd_zoo,
     "ls": cmd_ls,
     "report": cmd_report,
+    "regress": cmd_regress,
     "cache": cmd_cache,
     "serve": cmd_serve,
 }

@@ -6,6 +6,11 @@ is one call: it is looked up in the cache sample by sample, only the missing sam
 (in one batch to the backend, which runs them concurrently), and one `CallRecord` is written
 per call, flagged `cached` when nothing had to be sent.
 
+The wall time spent inside its methods and, of that, blocked on the endpoint is metered
+(`UsageMeter.calling`, `UsageMeter.waiting`), so a cell's time splits into waiting, white-box
+compute, the harness's own work and the method's. It is thread-safe: a method may call it
+from several threads at once (BBT scores a CMA-ES population that way).
+
 With a `SpendingGuard`, the calls a batch would send are first reserved against the spending
 caps: those that fit are sent, the rest are not, and `BudgetExhausted` is raised once the
 admitted ones are metered and cached (so what was paid for is kept).
@@ -14,9 +19,11 @@ admitted ones are metered and cached (so what was paid for is kept).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -90,6 +97,20 @@ def _split_evenly(total: int, parts: int) -> list[int]:
 
 
 R = TypeVar("R")
+P = ParamSpec("P")
+
+
+def _timed(
+    method: Callable[Concatenate[MeteredBlackBox, P], R],
+) -> Callable[Concatenate[MeteredBlackBox, P], R]:
+    """Meter the wall time spent inside a black-box method (`UsageMeter.calling`)."""
+
+    @functools.wraps(method)
+    def timed(self: MeteredBlackBox, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.meter.calling():
+            return method(self, *args, **kwargs)
+
+    return timed
 
 
 def _call_batch(
@@ -105,7 +126,14 @@ def _call_batch(
 
 
 class MeteredBlackBox:
-    """`methods.BlackBox` over a `Backend`, with cache, meter and capability checks."""
+    """`methods.BlackBox` over a `Backend`, with cache, meter and capability checks.
+
+    Thread-safe (``thread_safe``): a method may call it from several threads at once, e.g.
+    BBT scoring a population, and the calls then reach the endpoint together.
+    """
+
+    #: calls from several threads at once are safe (cache, meter, guard and backend are).
+    thread_safe = True
 
     def __init__(
         self,
@@ -124,12 +152,23 @@ class MeteredBlackBox:
         # A backend that overrides count_tokens counts with the serving tokenizer; the base
         # class only estimates (4 characters a token), so caps then bound a prompt by bytes.
         self._exact_tokens = type(backend).count_tokens is not Backend.count_tokens
+        # Token counts by text: prompts recur (every method scores the same test set), and a
+        # replay from the cache would otherwise spend its time tokenizing.
+        self._token_counts: dict[str, int] = {}
+        self._count_lock = threading.Lock()
         self.model = backend.model
         self.capabilities = frozenset(backend.capabilities)
         self.context_length = backend.context_length
 
     def count_tokens(self, text: str) -> int:
-        return self.backend.count_tokens(text)
+        count = self._token_counts.get(text)
+        if count is None:
+            with self._count_lock:  # one tokenizer call at a time (HF tokenizers may refuse)
+                count = self.backend.count_tokens(text)
+            if len(self._token_counts) >= 200_000:
+                self._token_counts.clear()
+            self._token_counts[text] = count
+        return count
 
     def _require(self, capability: str) -> None:
         if capability not in self.capabilities:
@@ -141,7 +180,7 @@ class MeteredBlackBox:
     def _prompt_bound(self, text: str) -> int:
         """At least the prompt tokens the endpoint will bill for ``text``."""
         if self._exact_tokens:
-            return self.backend.count_tokens(text)
+            return self.count_tokens(text)
         # Byte-level BPE never makes more tokens than bytes; 16 covers a chat template.
         return len(text.encode("utf-8")) + 16
 
@@ -196,6 +235,7 @@ class MeteredBlackBox:
 
     # -- generate -------------------------------------------------------------------------
 
+    @_timed
     def generate(
         self,
         prompts: Sequence[str],
@@ -329,9 +369,14 @@ class MeteredBlackBox:
         requests: Sequence[Any],
         tickets: Sequence[Reservation | None],
     ) -> tuple[list[CallResult[Any] | None], BaseException | None]:
-        """`_call_batch`, settling each reservation with what its call billed."""
+        """`_call_batch`, settling each reservation with what its call billed; the wall time
+        is metered as waiting on the black box."""
         try:
-            results, failure = _call_batch(call, requests)
+            if requests:
+                with self.meter.waiting():
+                    results, failure = _call_batch(call, requests)
+            else:
+                results, failure = [], None
         except BaseException:
             for ticket in tickets:
                 self._settle(ticket, None)
@@ -346,7 +391,7 @@ class MeteredBlackBox:
         of failing the call; a prompt that fills the window is an error."""
         if not self.context_length:
             return int(max_tokens)
-        room = self.context_length - self.backend.count_tokens(prompt)
+        room = self.context_length - self.count_tokens(prompt)
         if room < 1:
             raise BenchError(
                 f"{self.model}: a prompt of {self.context_length - room} tokens does not fit the "
@@ -356,6 +401,7 @@ class MeteredBlackBox:
 
     # -- score ----------------------------------------------------------------------------
 
+    @_timed
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[ScoredText]:
         self._require(SCORE)
         if len(prompts) != len(continuations):
@@ -412,6 +458,7 @@ class MeteredBlackBox:
 
     # -- next-token distributions ---------------------------------------------------------
 
+    @_timed
     def next_token_logprobs(
         self, prompts: Sequence[str], *, soft_prompt: np.ndarray | None = None
     ) -> np.ndarray:

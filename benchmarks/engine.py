@@ -163,6 +163,15 @@ class HFEngine:
         pad = tokenizer.pad_token_id
         self._pad_id: int = int(pad if pad is not None else self._start_id)
         self._vocab: list[str] | None = None
+        # The Rust tokenizer behind a fast HF tokenizer, called directly: the same ids and
+        # text as the wrapper's __call__/decode (no truncation or padding configured on it)
+        # at a fraction of the per-call overhead, which matters per request and per step.
+        backend = (
+            getattr(tokenizer, "_tokenizer", None) if getattr(tokenizer, "is_fast", 0) else None
+        )
+        if backend is not None and (backend.truncation or backend.padding):
+            backend = None
+        self._rust: Any = backend
         # Models that can skip the LM head on all but the last position save a [B, L, V] matmul.
         self._keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -204,7 +213,10 @@ class HFEngine:
         """Token ids of a prompt as the model is fed it (special tokens such as BOS added to
         text; ids kept as given); an empty prompt becomes the start token."""
         if isinstance(prompt, str):
-            ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            if self._rust is not None:
+                ids = list(self._rust.encode(prompt, add_special_tokens=True).ids)
+            else:
+                ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         else:
             ids = [int(i) for i in prompt]
         return ids or [self._start_id]
@@ -215,6 +227,8 @@ class HFEngine:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens dropped, spacing untouched."""
+        if self._rust is not None:
+            return str(self._rust.decode(list(ids), skip_special_tokens=True))
         return self.tokenizer.decode(
             list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
@@ -524,7 +538,11 @@ class HFEngine:
     # ----------------------------------------------------------------------------------------
 
     def next_token_logprobs(
-        self, prompts: Sequence[Prompt], *, soft_prompt: np.ndarray | None = None
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        soft_prompt: np.ndarray | None = None,
+        soft_prompts: Sequence[np.ndarray | None] | None = None,
     ) -> np.ndarray:
         """The next-token log-distribution after each prompt, float32 [B, V].
 
@@ -532,31 +550,41 @@ class HFEngine:
             prompts: text or token-id prompts.
             soft_prompt: [k, d] vectors placed before each prompt's token embeddings (and
                 attended to like tokens); ``k`` may be 0.
+            soft_prompts: instead, one soft prompt (or None) per prompt, so requests with
+                different soft prompts share one forward pass.
         """
+        if soft_prompts is not None and soft_prompt is not None:
+            raise ValueError("give soft_prompt or soft_prompts, not both")
+        if soft_prompts is None:
+            soft_prompts = [soft_prompt] * len(prompts)
+        if len(soft_prompts) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(soft_prompts)} soft prompts")
         embed = self.model.get_input_embeddings()
+        softs: list[torch.Tensor | None] = []
+        known: dict[int, torch.Tensor | None] = {}  # one tensor per distinct array
+        for array in soft_prompts:
+            if id(array) not in known:
+                known[id(array)] = None if array is None else self._soft_tensor(array)
+            softs.append(known[id(array)])
+        encoded = [
+            self.encode(p)[-(self.context_length - (0 if s is None else int(s.shape[0]))) :]
+            for p, s in zip(prompts, softs, strict=True)
+        ]
         dim = int(embed.weight.shape[1])
-        soft: torch.Tensor | None = None
-        if soft_prompt is not None:
-            array = np.asarray(soft_prompt)
-            if array.ndim != 2 or array.shape[1] != dim:
-                raise ValueError(f"soft_prompt must have shape [k, {dim}], got {list(array.shape)}")
-            if not np.isfinite(array).all():
-                raise ValueError("soft_prompt contains NaN or infinite values")
-            soft = torch.as_tensor(array, dtype=embed.weight.dtype, device=self.device)
-        k = 0 if soft is None else int(soft.shape[0])
-        if k >= self.context_length:
-            raise ValueError(f"soft prompt of {k} vectors fills the context window")
-        encoded = [self.encode(p)[-(self.context_length - k) :] for p in prompts]
         out = np.empty((len(encoded), self.vocab_size), dtype=np.float32)
         with self._lock, torch.inference_mode():
             for lo in range(0, len(encoded), MAX_BATCH_ROWS):
                 batch = encoded[lo : lo + MAX_BATCH_ROWS]
-                width = max(len(ids) for ids in batch) + k
+                batch_softs = softs[lo : lo + MAX_BATCH_ROWS]
+                width = max(
+                    len(ids) + (0 if s is None else int(s.shape[0]))
+                    for ids, s in zip(batch, batch_softs, strict=True)
+                )
                 embeds = torch.zeros(
                     (len(batch), width, dim), dtype=embed.weight.dtype, device=self.device
                 )
                 mask = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
-                for row, ids in enumerate(batch):
+                for row, (ids, soft) in enumerate(zip(batch, batch_softs, strict=True)):
                     vectors = embed(torch.tensor(ids, device=self.device))
                     if soft is not None:
                         vectors = torch.cat([soft, vectors], dim=0)
@@ -569,6 +597,23 @@ class HFEngine:
                 ).logits[:, -1, :]
                 out[lo : lo + len(batch)] = logits.float().log_softmax(-1).cpu().numpy()
         return out
+
+    def check_soft_prompt(self, soft_prompt: np.ndarray) -> None:
+        """Raise ValueError unless ``soft_prompt`` is a finite [k, d] array that leaves room
+        in the context window (checked per request before requests share a batch)."""
+        dim = int(self.model.get_input_embeddings().weight.shape[1])
+        array = np.asarray(soft_prompt)
+        if array.ndim != 2 or array.shape[1] != dim:
+            raise ValueError(f"soft_prompt must have shape [k, {dim}], got {list(array.shape)}")
+        if not np.isfinite(array).all():
+            raise ValueError("soft_prompt contains NaN or infinite values")
+        if array.shape[0] >= self.context_length:
+            raise ValueError(f"soft prompt of {array.shape[0]} vectors fills the context window")
+
+    def _soft_tensor(self, soft_prompt: np.ndarray) -> torch.Tensor:
+        self.check_soft_prompt(soft_prompt)
+        weight = self.model.get_input_embeddings().weight
+        return torch.as_tensor(np.asarray(soft_prompt), dtype=weight.dtype, device=self.device)
 
     # ----------------------------------------------------------------------------------------
     # Padding

@@ -1,6 +1,11 @@
 """Metering: every model call and every stretch of white-box compute, recorded and priced.
 
-Each call is a `CallRecord` (role, phase, tokens, cached or not, latency, retries). Totals
+Each call is a `CallRecord` (role, phase, tokens, cached or not, latency, retries). Two wall
+times are kept per phase: how long callers were inside the black box's methods
+(`UsageMeter.calling`: cache look-ups, metering and sending) and, of that, how long they were
+blocked on the endpoint (`UsageMeter.waiting`); stretches that overlap, as concurrent calls
+do, count once. A cell's wall time then splits into waiting, white-box compute, the
+harness's own work around calls, and the method's logic. Totals
 come in two flavours: *billed* (cache hits excluded: what this run paid) and *idealized*
 (cache hits counted: what the method costs from a cold start), split by phase and role.
 Dollars come from a versioned price table; a model without a price is n/a, never 0.
@@ -140,10 +145,48 @@ class UsageMeter:
         self.phase: str = "tune"
         self._lock = threading.Lock()
         self.device = device or _default_device()
+        #: wall seconds some caller was blocked on the black box, by phase.
+        self.wait_s: dict[str, float] = {}
+        #: wall seconds some caller was inside a black-box method (waits included), by phase.
+        self.call_s: dict[str, float] = {}
+        self._inside = {"wait": 0, "call": 0}
+        self._since = {"wait": 0.0, "call": 0.0}
 
     def record(self, rec: CallRecord) -> None:
         with self._lock:
             self.calls.append(rec)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Time a stretch spent blocked on the black box (requests sent, answers awaited).
+
+        Wall clock from the first waiter in to the last one out: concurrent waits (threads
+        of one method calling at once) count once, so the total never exceeds the wall time.
+        """
+        with self._stretch("wait", self.wait_s):
+            yield
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """Time a stretch inside a black-box method (cache, metering and any wait), counted
+        like `waiting`; the difference is the harness's own work around calls."""
+        with self._stretch("call", self.call_s):
+            yield
+
+    @contextlib.contextmanager
+    def _stretch(self, kind: str, totals: dict[str, float]) -> Iterator[None]:
+        with self._lock:
+            if self._inside[kind] == 0:
+                self._since[kind] = time.perf_counter()
+            self._inside[kind] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside[kind] -= 1
+                if self._inside[kind] == 0:
+                    spent = time.perf_counter() - self._since[kind]
+                    totals[self.phase] = totals.get(self.phase, 0.0) + spent
 
     @contextlib.contextmanager
     def compute(self, label: str) -> Iterator[None]:
@@ -185,10 +228,16 @@ class UsageMeter:
             self.computes.append(rec)
 
     def summary(self) -> dict[str, Any]:
-        """Billed and idealized usage by phase and role, dollars, and compute, as JSON."""
+        """Billed and idealized usage by phase and role, dollars, compute, and the wall
+        seconds spent waiting on the black box (``wait_s``) and inside its methods
+        (``call_s``, waits included) by phase, as JSON."""
         with self._lock:
             calls, computes = list(self.calls), list(self.computes)
-        return summarize(calls, computes, self.prices)
+            stretches = {"wait_s": dict(self.wait_s), "call_s": dict(self.call_s)}
+        out = summarize(calls, computes, self.prices)
+        for name, totals in stretches.items():
+            out[name] = {phase: round(totals[phase], 4) for phase in PHASES if phase in totals}
+        return out
 
 
 def summarize(

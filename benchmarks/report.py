@@ -1,36 +1,197 @@
-"""`bench report`: a Markdown leaderboard from result directories, never re-running anything.
+"""`bench report`: leaderboards, plots and a static HTML page from result directories, never
+re-running anything.
 
-Per task: method, the access it needs, accuracy mean ± std over seeds, gain over zero-shot,
-billed tuning and inference tokens (and dollars, n/a where unpriced), compute seconds, and
-"n/a (needs X)" for methods the backend could not serve. Cells stopped by a spending cap
-(``budget_exhausted``) or failed are never averaged in: a method with none finished shows
-"budget exhausted" or "failed", and one with some finished seeds says how many others
-stopped.
+Under ``--out`` (default ``reports/``) it writes ``leaderboard.md``; ``index.html`` with the
+same tables (sortable by clicking a header), the plots, and for every cell a page
+``cells/<cell>.html`` listing the predictions its run stored, so the folder is
+self-contained (nothing is fetched when it is viewed); and ``plots/*.png|svg``.
+
+Per task, one row per method, aggregated over seeds: the access it needs, accuracy mean ± std
+over seeds, gain over the task's ``zero-shot`` row with a 95% confidence interval, tuning
+tokens and dollars, inference tokens and dollars per 1,000 examples, and white-box compute
+seconds (GPU or CPU, labelled); "n/a (needs X)" for methods the backend could not serve.
+Cells stopped by a spending cap (``budget_exhausted``) or failed are never averaged in: a
+method with none finished shows "budget exhausted" or "failed", and one with some finished
+seeds says how many others stopped.
+
+Gain interval: a paired two-level percentile bootstrap. Each replicate draws the test
+examples with replacement (one draw, shared by the method and zero-shot, over the examples
+both scored: the pairing removes the examples' own difficulty from the spread) and then,
+separately for each side, its seeds with replacement; the gain of a replicate is the
+difference of the two means. 2,000 replicates with a generator seeded by the task name, so
+the interval is reproducible. With one seed only the examples vary; with few examples the
+interval is rough. A cell without stored predictions has no interval (n/a, with the reason).
+
+Overall, per method, over the tasks where it has finished cells (the ``tasks`` column says how
+many of the report's tasks that is, as a mean over fewer tasks is not comparable): accuracy
+and gain are means over tasks of the per-task values (± is the std over seeds of the per-seed
+mean over tasks, for the seeds every counted task has; the gain interval averages the tasks'
+bootstrap replicates); tuning tokens, dollars and compute seconds are summed over tasks (the
+cost of tuning for all of them); inference per 1,000 examples is averaged over tasks.
+
+Cost ratios, in the form the BBox-Adapter paper uses: each method's tuning and inference cost
+divided by a reference method's on the same task (``--cost-reference``, default ``bbox``), in
+dollars when both are priced and in tokens otherwise; "n/a" with the reason when the
+reference has no finished cells there or spent nothing.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
-from collections import defaultdict
-from collections.abc import Sequence
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from benchmarks.metering import PHASES, total_tokens, total_usd
 from benchmarks.results import CellRecord, RunStore, write_atomic
+from methods.registry import BenchError
 
 REFERENCE = "zero-shot"
-
+DEFAULT_COST_REFERENCE = "bbox"
 
 #: the leaderboard prices a method from a cold start (cache hits counted), so a warm cache
 #: does not make a method look cheaper; billed totals stay in each cell record.
 FLAVOUR = "idealized"
+
+#: bootstrap replicates and the interval's level.
+REPLICATES = 2000
+LEVEL = 0.95
+
+#: shown under the title of the Markdown and HTML leaderboards.
+NOTES = (
+    "Tokens and dollars are a method's cost from a cold start (cache hits counted; billed "
+    "totals of each run are in its cell records); dollars are n/a for unpriced models. "
+    "Compute is white-box seconds (GPU seconds on GPU, CPU seconds otherwise).",
+    "Gain is over the `zero-shot` row of the same task; its 95% interval is a paired "
+    "percentile bootstrap over test examples and seeds (2,000 replicates).",
+    "Overall: accuracy and gain are means over the tasks a method finished (`tasks` says how "
+    "many); tuning tokens, dollars and compute are summed over those tasks; inference per "
+    "1,000 examples is their mean.",
+)
+
+
+@dataclass(frozen=True)
+class ReportCell:
+    """One cell record, the name of its page, and the predictions its run stored."""
+
+    record: CellRecord
+    key: str
+    """File-name-safe and unique in the report (``cell_id``, or ``<run>--<cell_id>`` when two
+    runs hold the same cell)."""
+    predictions: tuple[dict[str, Any], ...] = ()
+    run_id: str = ""
+
+    def scores(self) -> dict[str, float]:
+        """Score by example id."""
+        return {
+            str(p["id"]): float(p["score"])
+            for p in self.predictions
+            if "id" in p and isinstance(p.get("score"), (int, float))
+        }
+
+
+@dataclass
+class Row:
+    """One method on one task (or overall), aggregated over seeds."""
+
+    method: str
+    needs: str
+    status: str
+    """``ok``, or what the table shows instead of numbers."""
+    cells: list[ReportCell] = field(default_factory=list)
+    seeds: int = 0
+    stopped: str = ""
+    tasks: str = ""
+    """Overall rows: tasks counted / tasks in the report."""
+    accuracy: float | None = None
+    std: float | None = None
+    gain: float | None = None
+    gain_ci: tuple[float, float] | None = None
+    ci_note: str = ""
+    """Why there is no interval."""
+    tune_tokens: float | None = None
+    tune_usd: float | None = None
+    eval_tokens_per_1k: float | None = None
+    eval_usd_per_1k: float | None = None
+    compute_s: float | None = None
+    compute_device: str = ""
+    seed_accuracy: dict[int, float] = field(default_factory=dict)
+    gain_replicates: np.ndarray | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class CostRatio:
+    """A method's tuning and inference cost relative to the reference method."""
+
+    method: str
+    tune: float | None
+    tune_text: str
+    eval: float | None
+    eval_text: str
+
+
+@dataclass(frozen=True)
+class PlotRef:
+    """A plot written as ``<stem>.png`` and ``<stem>.svg`` (``stem`` relative to the report)."""
+
+    title: str
+    stem: str
+
+
+@dataclass
+class Section:
+    """The overall table or one task's."""
+
+    name: str
+    anchor: str
+    rows: list[Row]
+    ratios: list[CostRatio]
+    plots: list[PlotRef] = field(default_factory=list)
+
+    @property
+    def overall(self) -> bool:
+        return self.anchor == "overall"
+
+
+@dataclass
+class Report:
+    """Everything the Markdown and HTML renderers show."""
+
+    title: str
+    cost_reference: str
+    sections: list[Section]
+    cells: list[ReportCell]
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote."""
+
+    markdown: Path
+    html: Path
+    plots: list[Path]
+    cell_pages: list[Path]
+
+
+# -- per task ---------------------------------------------------------------------------------
 
 
 def _usd(record: CellRecord, phase: str) -> float | None:
     return total_usd(record.usage, FLAVOUR, phase)
 
 
-def _compute(record: CellRecord) -> tuple[float, str]:
+def compute_seconds(record: CellRecord) -> tuple[float, str]:
+    """White-box seconds over both phases, and the device label (GPU or CPU)."""
     seconds, device = 0.0, "cpu"
     for phase in PHASES:
         block = record.usage.get("compute", {}).get(phase)
@@ -45,121 +206,506 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def leaderboard_rows(records: Sequence[CellRecord]) -> dict[str, list[dict[str, object]]]:
-    """Rows per task, one per method, aggregated over seeds."""
-    by_task: dict[str, dict[str, list[CellRecord]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_task[r.task][r.method].append(r)
-    out: dict[str, list[dict[str, object]]] = {}
-    for task, by_method in sorted(by_task.items()):
-        ref = [r.accuracy for r in by_method.get(REFERENCE, []) if r.accuracy is not None]
-        ref_mean = statistics.fmean(ref) if ref else None
-        rows = []
-        for method, recs in sorted(by_method.items()):
-            ok = [r for r in recs if r.status == "ok" and r.accuracy is not None]
-            refused = [r for r in recs if r.status == "refused"]
-            stopped = {
-                label: sum(r.status == status for r in recs)
-                for status, label in (
-                    ("budget_exhausted", "budget exhausted"),
-                    ("failed", "failed"),
-                )
-            }
-            row: dict[str, object] = {
-                "method": method,
-                "needs": ", ".join(recs[0].requires),
-                "seeds": len(ok),
-                "stopped": ", ".join(f"{n} {label}" for label, n in stopped.items() if n),
-            }
-            if not ok:
-                if refused:
-                    row["status"] = f"n/a ({refused[0].reason})"
-                else:
-                    row["status"] = next(
-                        (
-                            f"{label} ({n} of {len(recs)} seeds)"
-                            for label, n in stopped.items()
-                            if n
-                        ),
-                        recs[0].status,
-                    )
-                rows.append(row)
-                continue
-            mean, std = _mean_std([r.accuracy for r in ok if r.accuracy is not None])
-            n = len(ok)
-            row.update(
-                status="ok",
-                accuracy=mean,
-                std=std,
-                gain=None if ref_mean is None else mean - ref_mean,
-                tune_tokens=sum(total_tokens(r.usage, FLAVOUR, "tune") for r in ok) / n,
-                eval_tokens_per_1k=sum(
-                    1000 * total_tokens(r.usage, FLAVOUR, "eval") / max(r.n_eval, 1) for r in ok
-                )
-                / n,
-                tune_usd=_avg([_usd(r, "tune") for r in ok]),
-                eval_usd_per_1k=_avg(
-                    [
-                        None if (u := _usd(r, "eval")) is None else 1000 * u / max(r.n_eval, 1)
-                        for r in ok
-                    ]
-                ),
-                compute_s=sum(_compute(r)[0] for r in ok) / n,
-                compute_device=_compute(ok[0])[1],
-            )
-            rows.append(row)
-        out[task] = rows
-    return out
-
-
 def _avg(values: Sequence[float | None]) -> float | None:
     if not values or any(v is None for v in values):
         return None
     return statistics.fmean(v for v in values if v is not None)
 
 
-def _money(v: object) -> str:
-    return "n/a" if v is None else f"${float(v):.4f}"  # type: ignore[arg-type]
+def _as_cell(item: CellRecord | ReportCell) -> ReportCell:
+    return item if isinstance(item, ReportCell) else ReportCell(item, item.cell_id)
 
 
-def render_markdown(records: Sequence[CellRecord], title: str) -> str:
-    lines = [f"# {title}", ""]
-    lines.append(
-        "Tokens and dollars are a method's cost from a cold start (cache hits counted; billed "
-        "totals of each run are in its cell records); dollars are n/a for unpriced models. "
-        "Gain is over the `zero-shot` row of the same task. "
-        "Compute is white-box seconds (GPU seconds on GPU, CPU seconds otherwise)."
+def bootstrap_gain(
+    method: Sequence[Mapping[str, float]],
+    reference: Sequence[Mapping[str, float]],
+    *,
+    replicates: int = REPLICATES,
+    seed: int = 0,
+) -> np.ndarray:
+    """Bootstrap replicates of mean(method) - mean(reference), paired over examples.
+
+    Args:
+        method: per seed (cell), score by example id.
+        reference: the same for the reference method.
+        replicates: how many replicates.
+        seed: seeds the generator (the same seed gives the same replicates).
+
+    Returns:
+        ``replicates`` gains, one per replicate.
+
+    Raises:
+        ValueError: a side has no seeds, or no example was scored by every seed of both.
+    """
+    if not method or not reference:
+        raise ValueError("no seeds with stored predictions")
+    common = set.intersection(*(set(s) for s in (*method, *reference)))
+    if not common:
+        raise ValueError("no test example scored by every seed of both methods")
+    ids = sorted(common)
+    m = np.array([[s[i] for i in ids] for s in method], dtype=float)
+    r = np.array([[s[i] for i in ids] for s in reference], dtype=float)
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    # The examples of each replicate: one draw, used by both sides (the pairing), as
+    # counts per example; in chunks of replicates so memory stays bounded.
+    draws = rng.integers(0, n, size=(replicates, n))
+    parts_m, parts_r = [], []
+    for chunk in np.array_split(draws, max(1, replicates * n // 2_000_000)):
+        offsets = (np.arange(len(chunk))[:, None] * n + chunk).ravel()
+        weights = np.bincount(offsets, minlength=len(chunk) * n).reshape(len(chunk), n) / n
+        parts_m.append(m @ weights.T)
+        parts_r.append(r @ weights.T)
+    per_seed_m = np.concatenate(parts_m, axis=1)  # (seeds, replicates)
+    per_seed_r = np.concatenate(parts_r, axis=1)
+    pick_m = rng.integers(0, len(m), size=(replicates, len(m)))
+    pick_r = rng.integers(0, len(r), size=(replicates, len(r)))
+    cols = np.arange(replicates)[:, None]
+    mean_m = per_seed_m.T[cols, pick_m].mean(axis=1)
+    mean_r = per_seed_r.T[cols, pick_r].mean(axis=1)
+    return np.asarray(mean_m - mean_r)
+
+
+def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The central percentile interval of ``replicates``."""
+    tail = (1 - level) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _task_seed(task: str) -> int:
+    # Stable across processes (unlike hash()); each task gets its own draws, shared by its
+    # methods, so tasks are independent in the overall interval.
+    return zlib.crc32(task.encode("utf-8"))
+
+
+def leaderboard_rows(
+    cells: Sequence[CellRecord | ReportCell],
+) -> dict[str, list[Row]]:
+    """Rows per task (sorted), one per method (sorted), aggregated over seeds. Gain
+    intervals need `ReportCell`s with predictions; bare records give none."""
+    by_task: dict[str, dict[str, list[ReportCell]]] = defaultdict(lambda: defaultdict(list))
+    for item in cells:
+        cell = _as_cell(item)
+        by_task[cell.record.task][cell.record.method].append(cell)
+    out: dict[str, list[Row]] = {}
+    for task, by_method in sorted(by_task.items()):
+        ref_cells = [c for c in by_method.get(REFERENCE, []) if _finished(c.record)]
+        ref_mean = statistics.fmean(c.record.accuracy for c in ref_cells) if ref_cells else None  # type: ignore[misc]
+        rows = []
+        for method, group in sorted(by_method.items()):
+            group.sort(key=lambda c: (c.record.seed, c.run_id))
+            row = _task_row(method, group)
+            if row.ok:
+                _add_gain(row, task, ref_cells, ref_mean)
+            rows.append(row)
+        out[task] = rows
+    return out
+
+
+def _finished(record: CellRecord) -> bool:
+    return record.status == "ok" and record.accuracy is not None
+
+
+def _task_row(method: str, group: list[ReportCell]) -> Row:
+    records = [c.record for c in group]
+    ok = [c for c in group if _finished(c.record)]
+    refused = [r for r in records if r.status == "refused"]
+    stopped = {
+        label: sum(r.status == status for r in records)
+        for status, label in (("budget_exhausted", "budget exhausted"), ("failed", "failed"))
+    }
+    row = Row(
+        method=method,
+        needs=", ".join(records[0].requires),
+        status="ok",
+        cells=list(group),
+        seeds=len(ok),
+        stopped=", ".join(f"{n} {label}" for label, n in stopped.items() if n),
     )
-    for task, rows in leaderboard_rows(records).items():
+    if not ok:
+        if refused:
+            row.status = f"n/a ({refused[0].reason})"
+        else:
+            row.status = next(
+                (f"{label} ({n} of {len(records)} seeds)" for label, n in stopped.items() if n),
+                records[0].status,
+            )
+        return row
+    recs = [c.record for c in ok]
+    mean, std = _mean_std([r.accuracy for r in recs if r.accuracy is not None])
+    n = len(recs)
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in recs:
+        by_seed[r.seed].append(float(r.accuracy or 0.0))
+    row.accuracy, row.std = mean, std
+    row.seed_accuracy = {s: statistics.fmean(v) for s, v in sorted(by_seed.items())}
+    row.tune_tokens = sum(total_tokens(r.usage, FLAVOUR, "tune") for r in recs) / n
+    row.eval_tokens_per_1k = (
+        sum(1000 * total_tokens(r.usage, FLAVOUR, "eval") / max(r.n_eval, 1) for r in recs) / n
+    )
+    row.tune_usd = _avg([_usd(r, "tune") for r in recs])
+    row.eval_usd_per_1k = _avg(
+        [None if (u := _usd(r, "eval")) is None else 1000 * u / max(r.n_eval, 1) for r in recs]
+    )
+    row.compute_s = sum(compute_seconds(r)[0] for r in recs) / n
+    row.compute_device = compute_seconds(recs[0])[1]
+    return row
+
+
+def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float | None) -> None:
+    if ref_mean is None or row.accuracy is None:
+        row.ci_note = f"no finished {REFERENCE} row"
+        return
+    row.gain = row.accuracy - ref_mean
+    if row.method == REFERENCE:
+        row.gain_ci = (0.0, 0.0)  # zero-shot against itself: no gain, by definition
+        row.gain_replicates = np.zeros(REPLICATES)
+        return
+    mine = [c.scores() for c in row.cells if _finished(c.record)]
+    theirs = [c.scores() for c in ref_cells]
+    if not all(mine) or not all(theirs):
+        row.ci_note = "no stored predictions"
+        return
+    try:
+        row.gain_replicates = bootstrap_gain(mine, theirs, seed=_task_seed(task))
+    except ValueError as exc:
+        row.ci_note = str(exc)
+        return
+    row.gain_ci = interval(row.gain_replicates)
+
+
+# -- overall ----------------------------------------------------------------------------------
+
+
+def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> list[Row]:
+    """Per method over tasks: accuracy and gain averaged over the tasks it finished, tuning
+    tokens, dollars and compute summed, inference per 1,000 examples averaged."""
+    n_tasks = len(by_task)
+    methods = sorted({r.method for rows in by_task.values() for r in rows})
+    out = []
+    for method in methods:
+        mine = {t: r for t, rows in by_task.items() for r in rows if r.method == method}
+        ok = [r for r in mine.values() if r.ok]
+        first = next(iter(mine.values()))
+        row = Row(
+            method=method,
+            needs=first.needs,
+            status="ok",
+            cells=[c for r in mine.values() for c in r.cells],
+            seeds=min((r.seeds for r in ok), default=0),
+            tasks=f"{len(ok)}/{n_tasks}",
+        )
+        if not ok:
+            row.status = "; ".join(dict.fromkeys(r.status for r in mine.values()))
+            out.append(row)
+            continue
+        row.accuracy = statistics.fmean(r.accuracy for r in ok if r.accuracy is not None)
+        common = set.intersection(*(set(r.seed_accuracy) for r in ok))
+        per_seed = [statistics.fmean(r.seed_accuracy[s] for r in ok) for s in sorted(common)]
+        row.std = statistics.stdev(per_seed) if len(per_seed) > 1 else (0.0 if per_seed else None)
+        gained = [r for r in ok if r.gain is not None]
+        if gained:
+            row.gain = statistics.fmean(r.gain for r in gained if r.gain is not None)
+            replicates = [r.gain_replicates for r in gained if r.gain_replicates is not None]
+            if len(replicates) == len(gained):
+                row.gain_replicates = np.mean(replicates, axis=0)
+                row.gain_ci = interval(row.gain_replicates)
+            else:
+                row.ci_note = next(r.ci_note for r in gained if r.gain_replicates is None)
+        else:
+            row.ci_note = f"no finished {REFERENCE} row"
+        row.tune_tokens = sum(r.tune_tokens or 0.0 for r in ok)
+        row.tune_usd = _sum_or_none([r.tune_usd for r in ok])
+        row.eval_tokens_per_1k = statistics.fmean(r.eval_tokens_per_1k or 0.0 for r in ok)
+        row.eval_usd_per_1k = _avg([r.eval_usd_per_1k for r in ok])
+        row.compute_s = sum(r.compute_s or 0.0 for r in ok)
+        row.compute_device = "+".join(sorted({r.compute_device for r in ok}))
+        out.append(row)
+    return out
+
+
+def _sum_or_none(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+# -- cost ratios ------------------------------------------------------------------------------
+
+
+def cost_ratios(rows: Sequence[Row], reference: str) -> list[CostRatio]:
+    """Each row's tuning and inference cost over the ``reference`` row's (dollars when both
+    are priced, tokens otherwise), with "n/a (reason)" where there is no ratio."""
+    ref = next((r for r in rows if r.method == reference), None)
+    out = []
+    for row in rows:
+        ratios = []
+        for what, usd, tokens in (
+            ("tuning", "tune_usd", "tune_tokens"),
+            ("inference", "eval_usd_per_1k", "eval_tokens_per_1k"),
+        ):
+            ratios.append(_ratio(row, ref, reference, what, usd, tokens))
+        (tune, tune_text), (ev, eval_text) = ratios
+        out.append(CostRatio(row.method, tune, tune_text, ev, eval_text))
+    return out
+
+
+def _ratio(
+    row: Row, ref: Row | None, reference: str, what: str, usd: str, tokens: str
+) -> tuple[float | None, str]:
+    if ref is None:
+        return None, f"n/a ({reference} not in this table)"
+    if not ref.ok:
+        return None, f"n/a ({reference}: {_bare(ref.status)})"
+    if not row.ok:
+        return None, f"n/a ({_bare(row.status)})"
+    mine, theirs = getattr(row, usd), getattr(ref, usd)
+    unit = "$"
+    if mine is None or theirs is None:  # unpriced on either side: compare tokens
+        mine, theirs, unit = getattr(row, tokens), getattr(ref, tokens), "tokens"
+    if not theirs:
+        return None, f"n/a ({reference} spent 0 {what} {'dollars' if unit == '$' else 'tokens'})"
+    value = float(mine) / float(theirs)
+    return value, f"{value:.2f}x ({unit})"
+
+
+def _bare(status: str) -> str:
+    """``n/a (needs X)`` -> ``needs X``, for quoting inside another n/a."""
+    return status[5:-1] if status.startswith("n/a (") and status.endswith(")") else status
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+
+def _money(v: float | None) -> str:
+    return "n/a" if v is None else f"${v:.4f}"
+
+
+def format_accuracy(row: Row) -> str:
+    """``mean ± std`` (std left out when unknown)."""
+    if row.accuracy is None:
+        return row.status
+    return f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}")
+
+
+def format_gain(row: Row) -> str:
+    """``+0.050 [-0.010, +0.110]``; n/a, or the gain with why it has no interval."""
+    if row.gain is None:
+        return "n/a"
+    if row.gain_ci is None:
+        return f"{row.gain:+.3f} (no CI: {row.ci_note})"
+    low, high = row.gain_ci
+    return f"{row.gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def format_compute(row: Row) -> str:
+    return "" if row.compute_s is None else f"{row.compute_s:.2f} ({row.compute_device})"
+
+
+def format_seeds(row: Row) -> str:
+    return f"{row.seeds}" + (f" (+{row.stopped})" if row.stopped else "")
+
+
+def _markdown_table(section: Section) -> list[str]:
+    if section.overall:
+        head = (
+            "| method | needs | tasks | accuracy (mean ± std) | gain vs zero-shot [95% CI] | "
+            "tune tokens (sum) | tune $ (sum) | eval tokens / 1k ex (mean) | "
+            "eval $ / 1k ex (mean) | compute s (sum) |"
+        )
+    else:
+        head = (
+            "| method | needs | accuracy (mean ± std) | gain vs zero-shot [95% CI] | seeds | "
+            "tune tokens | tune $ | eval tokens / 1k ex | eval $ / 1k ex | compute s |"
+        )
+    lines = [head, "|---" * 10 + "|"]
+    for row in section.rows:
+        if not row.ok:
+            lines.append(
+                f"| {row.method} | {row.needs} | "
+                + (f"{row.tasks} | " if section.overall else "")
+                + f"{row.status} |"
+                + " |" * (6 if section.overall else 7)
+            )
+            continue
+        third = row.tasks if section.overall else None
+        cells = [row.method, row.needs]
+        if third is not None:
+            cells.append(third)
+        cells += [format_accuracy(row), format_gain(row)]
+        if third is None:
+            cells.append(format_seeds(row))
+        cells += [
+            f"{row.tune_tokens or 0:,.0f}",
+            _money(row.tune_usd),
+            f"{row.eval_tokens_per_1k or 0:,.0f}",
+            _money(row.eval_usd_per_1k),
+            format_compute(row),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """The leaderboard as Markdown: overall, then each task, each with its cost ratios and
+    plots."""
+    lines = [f"# {report.title}", "", *(f"{note}\n" for note in NOTES)]
+    ref = report.cost_reference
+    for section in report.sections:
+        heading = "Overall" if section.overall else section.name
+        lines += ["", f"## {heading}", "", *_markdown_table(section)]
         lines += [
             "",
-            f"## {task}",
+            f"Cost relative to `{ref}` (method ÷ {ref}; dollars when priced, tokens otherwise):",
             "",
-            "| method | needs | accuracy (mean ± std) | gain vs zero-shot | seeds | "
-            "tune tokens | tune $ | eval tokens / 1k ex | eval $ / 1k ex | compute s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| method | tuning cost ÷ {ref} | inference cost ÷ {ref} |",
+            "|---|---|---|",
         ]
-        for row in rows:
-            if row["status"] != "ok":
-                lines.append(
-                    f"| {row['method']} | {row['needs']} | {row['status']} | | | | | | | |"
-                )
-                continue
-            gain = row["gain"]
-            seeds = f"{row['seeds']}" + (f" (+{row['stopped']})" if row["stopped"] else "")
-            lines.append(
-                f"| {row['method']} | {row['needs']} | {row['accuracy']:.3f} ± {row['std']:.3f} "
-                f"| {'n/a' if gain is None else f'{gain:+.3f}'} | {seeds} "
-                f"| {row['tune_tokens']:,.0f} | {_money(row['tune_usd'])} "
-                f"| {row['eval_tokens_per_1k']:,.0f} | {_money(row['eval_usd_per_1k'])} "
-                f"| {row['compute_s']:.2f} ({row['compute_device']}) |"
-            )
+        lines += [f"| {c.method} | {c.tune_text} | {c.eval_text} |" for c in section.ratios]
+        if section.plots:
+            lines.append("")
+            lines += [f"![{p.title}]({p.stem}.svg)" for p in section.plots]
     return "\n".join(lines) + "\n"
 
 
-def write_report(stores: Sequence[RunStore], out_dir: Path) -> Path:
-    records = [r for store in stores for r in store.cells()]
+# -- building and writing ---------------------------------------------------------------------
+
+
+def slug(text: str) -> str:
+    """``text`` made safe for a file name or an HTML id."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", text)
+
+
+def collect_cells(stores: Sequence[RunStore]) -> list[ReportCell]:
+    """Every cell record of ``stores`` with its stored predictions and a unique page name."""
+    loaded = [(store, store.cells()) for store in stores]
+    counts = Counter(r.cell_id for _, records in loaded for r in records)
+    return [
+        ReportCell(
+            record=r,
+            key=r.cell_id if counts[r.cell_id] == 1 else f"{slug(store.run_id)}--{r.cell_id}",
+            predictions=tuple(store.predictions(r.cell_id)),
+            run_id=store.run_id,
+        )
+        for store, records in loaded
+        for r in records
+    ]
+
+
+def build_report(
+    cells: Sequence[ReportCell], title: str, cost_reference: str = DEFAULT_COST_REFERENCE
+) -> Report:
+    """Tables for the cells (plots are added by `write_report`)."""
+    by_task = leaderboard_rows(cells)
+    sections = [Section("overall", "overall", overall_rows(by_task), [])]
+    sections += [Section(task, f"task-{slug(task)}", rows, []) for task, rows in by_task.items()]
+    for section in sections:
+        section.ratios = cost_ratios(section.rows, cost_reference)
+    return Report(title, cost_reference, sections, list(cells))
+
+
+def check_cost_reference(name: str, cells: Sequence[ReportCell]) -> None:
+    """A typo in ``--cost-reference`` is an error; a real method absent from the runs is not
+    (its ratios read n/a)."""
+    if any(c.record.method == name for c in cells):
+        return
+    from methods.base import methods
+
+    if name not in methods:
+        raise BenchError(f"--cost-reference: {methods.unknown_message(name)}")
+
+
+def write_report(
+    stores: Sequence[RunStore],
+    out_dir: Path,
+    *,
+    cost_reference: str = DEFAULT_COST_REFERENCE,
+) -> ReportFiles:
+    """Write the Markdown leaderboard, the plots, the HTML page and the per-cell pages.
+
+    Args:
+        stores: the runs to report on (only their files are read).
+        out_dir: the report folder (created).
+        cost_reference: the method cost ratios are taken against.
+
+    Returns:
+        The paths written. Files an earlier report left in ``cells/`` and ``plots/`` that this
+        one did not write are removed, so the folder describes these runs only.
+    """
+    from benchmarks.report_html import render_cell_page, render_index
+
+    cells = collect_cells(stores)
+    check_cost_reference(cost_reference, cells)
     title = "Leaderboard: " + ", ".join(s.run_id for s in stores)
-    path = out_dir / "leaderboard.md"
-    write_atomic(path, render_markdown(records, title))
-    return path
+    report = build_report(cells, title, cost_reference)
+    plots = _write_plots(report, out_dir)
+    md = out_dir / "leaderboard.md"
+    write_atomic(md, render_markdown(report))
+    pages = []
+    for cell in cells:
+        page = out_dir / "cells" / f"{cell.key}.html"
+        write_atomic(page, render_cell_page(cell, report))
+        pages.append(page)
+    index = out_dir / "index.html"
+    write_atomic(index, render_index(report))
+    _remove_stale(out_dir / "cells", ("*.html",), set(pages))
+    _remove_stale(out_dir / "plots", ("*.png", "*.svg"), set(plots))
+    return ReportFiles(md, index, plots, pages)
+
+
+def _remove_stale(folder: Path, patterns: Sequence[str], keep: set[Path]) -> None:
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            if path not in keep:
+                path.unlink()
+
+
+def _write_plots(report: Report, out_dir: Path) -> list[Path]:
+    from benchmarks.plots import Bar, Point, cost_figure, gain_figure, save_figure
+
+    written: list[Path] = []
+    for section in report.sections:
+        if section.overall and len(report.sections) == 2:
+            continue  # one task: its own plots say it all
+        ok = [r for r in section.rows if r.ok and r.accuracy is not None]
+        name = "all tasks" if section.overall else section.name
+        stem = "all-tasks" if section.overall else section.anchor
+        figures = []
+        if ok:
+            priced = all(r.tune_usd is not None and r.eval_usd_per_1k is not None for r in ok)
+            sums = " (summed over tasks)" if section.overall else ""
+            devices = "+".join(sorted({r.compute_device for r in ok}))
+            for kind, attr, label in (
+                (
+                    "tuning",
+                    "tune_usd" if priced else "tune_tokens",
+                    ("tuning dollars" if priced else "tuning tokens") + sums,
+                ),
+                (
+                    "inference",
+                    "eval_usd_per_1k" if priced else "eval_tokens_per_1k",
+                    ("inference dollars" if priced else "inference tokens") + " per 1k examples",
+                ),
+                (
+                    "compute",
+                    "compute_s",
+                    f"white-box compute seconds ({devices})" + sums,
+                ),
+            ):
+                points = [
+                    Point(r.method, float(getattr(r, attr) or 0.0), r.accuracy or 0.0) for r in ok
+                ]
+                title = f"{name}: accuracy vs {kind} cost (Pareto front ringed)"
+                figures.append((kind, title, cost_figure(points, xlabel=label, title=title)))
+            bars = [
+                Bar(r.method, r.gain, *(r.gain_ci or (None, None)))
+                for r in ok
+                if r.gain is not None and r.method != REFERENCE
+            ]
+            if bars:
+                title = f"{name}: gain over {REFERENCE}"
+                figures.append(("gain", title, gain_figure(bars, title=title)))
+        for kind, title, fig in figures:
+            rel = f"plots/{stem}-{kind}"
+            written += save_figure(fig, out_dir / rel)
+            section.plots.append(PlotRef(title, rel))
+    return written

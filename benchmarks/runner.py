@@ -14,6 +14,9 @@ that reaches a cap stops, keeps its finished predictions and is marked ``budget_
 A run's caps count what its finished records billed, so a resumed run does not start afresh.
 If the endpoint goes away mid-run, the run stops with `BackendUnavailable`; the interrupted
 cell writes nothing and is re-run by ``--resume``.
+
+Where the cells run is the executor's business (`benchmarks.executors`: one after another in
+this process, or as Ray tasks); each is run by `Runner.run_cell` either way.
 """
 
 from __future__ import annotations
@@ -108,6 +111,11 @@ class RunConfig:
     limits: Limits = field(default_factory=Limits)
     #: caps on each cell's billed spending.
     cell_limits: Limits = field(default_factory=Limits)
+    #: how cells are run: "local" (one after another here) or "ray" (`benchmarks.executors`);
+    #: left out of `describe`, so a run may be resumed under the other executor.
+    executor: str = "local"
+    #: the Ray cluster to use (``auto``, ``ray://HOST:10001``); None starts a local one.
+    ray_address: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -205,6 +213,9 @@ class Runner:
             raise BenchError("no seeds given; pass --seeds like 0,1,2")
         if cfg.limit is not None and cfg.limit < 1:
             raise BenchError(f"--limit must be a positive integer, got {cfg.limit}")
+        from benchmarks.executors import check_executor
+
+        check_executor(cfg.executor)  # an unknown name, or ray not installed: before spending
         for name in cfg.methods:
             get_method(name)
         for name in cfg.method_options:
@@ -368,7 +379,7 @@ class Runner:
 
     # -- spending caps --------------------------------------------------------------------
 
-    def _done(self, plan: Plan) -> dict[str, CellRecord]:
+    def finished(self, plan: Plan) -> dict[str, CellRecord]:
         """Records of a resumed run that resume skips (ok or refused)."""
         if not (self.config.resume and plan.store.exists()):
             return {}
@@ -401,7 +412,7 @@ class Runner:
                         f"table {self.prices.version}, so a dollar cap cannot be enforced; give "
                         "its price in a --prices file, or cap tokens or calls instead"
                     )
-        done = self._done(plan)
+        done = self.finished(plan)
         todo = [
             c for c in plan.cells if c.runnable and c.projection is not None and c.cid not in done
         ]
@@ -467,28 +478,15 @@ class Runner:
                 cell=self.config.cell_limits,
                 run_spent=self._spent(plan),
             )
-            done = self._done(plan)
-            records = []
-            for cell in plan.cells:
-                if cell.cid in done:
-                    self.on_event("cell_skipped", {"cell": cell.cid})
-                    records.append(done[cell.cid])
-                    continue
-                try:
-                    record = self._run_cell(cell, store, guard)
-                except BackendUnavailable as exc:
-                    finished = sum(r.status in ("ok", "refused") for r in records)
-                    raise BackendUnavailable(
-                        f"{exc}. Stopped during cell {cell.cid}; {finished} of "
-                        f"{len(plan.cells)} cells are finished and kept in {store.root}; "
-                        f"continue with --resume --run-id {store.run_id}"
-                    ) from None
-                records.append(record)
-        return records
+            from benchmarks.executors import make_executor
 
-    def _run_cell(self, cell: PlannedCell, store: RunStore, guard: SpendingGuard) -> CellRecord:
+            # The executor runs the cells not finished yet (in this process, or on Ray).
+            return make_executor(self.config).run(self, plan, guard)
+
+    def _base(self, cell: PlannedCell) -> dict[str, Any]:
+        """The fields every record of ``cell`` has, whatever its status."""
         cfg = self.config
-        base: dict[str, Any] = {
+        return {
             "cell_id": cell.cid,
             "method": cell.method,
             "task": cell.task,
@@ -498,6 +496,21 @@ class Runner:
             "budget": cfg.budget,
             "requires": cell.requires,
         }
+
+    def fail_cell(self, cell: PlannedCell, store: RunStore, reason: str) -> CellRecord:
+        """Write a ``failed`` record for a cell that could not run at all (e.g. its worker
+        kept dying), as `run_cell` does for a cell whose method raised."""
+        return self._failed(
+            store, self._base(cell), UsageMeter(self.prices), self.make_tuner(cell.method), reason
+        )
+
+    def run_cell(self, cell: PlannedCell, store: RunStore, guard: SpendingGuard) -> CellRecord:
+        """Run one cell and write its record (refused, ok, failed or budget_exhausted).
+
+        Raises:
+            BackendUnavailable: the endpoint went away; this cell wrote nothing.
+        """
+        base = self._base(cell)
         if cell.missing:
             record = CellRecord(**base, status="refused", reason=f"needs {', '.join(cell.missing)}")
             store.write_cell(record)

@@ -12,8 +12,10 @@ Chat prompts use the tokenizer's chat template when it has one. Plain LMs (such 
 line, so a single user message is exactly the raw completion prompt.
 
 Concurrent requests that share sampling parameters are decoded as one batch: a single worker
-runs the engine off the event loop and takes every job queued meanwhile (micro-batching with
-no added wait).
+runs the engine off the event loop and takes every job queued meanwhile. Before it starts a
+batch it also waits (up to `BATCH_WINDOW_S`) for the requests the server has already begun
+to read but not yet queued, so a burst of concurrent requests becomes one batch instead of a
+batch of the first arrival and another of the rest; a lone request waits for nothing.
 
 With ``faults=`` (``--faults RATE``) it fails a seeded share of inference requests the way
 real APIs do (429, 500, 503, timeouts, truncated bodies, malformed JSON; see
@@ -32,7 +34,7 @@ import atexit
 import base64
 import binascii
 import contextlib
-import hashlib
+import contextvars
 import hmac
 import ipaddress
 import os
@@ -68,6 +70,9 @@ MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_PROMPTS = 1024
 MAX_BODY_BYTES = 16 * 2**20  # a request body larger than this is refused unread (413)
+#: the longest a batch waits for requests still being read: bounds the latency a slow
+#: client's request can add to the others' (a decode step of a small model takes ~5 ms).
+BATCH_WINDOW_S = 0.05
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -181,15 +186,50 @@ class _Job:
     future: asyncio.Future[list[Any]]
 
 
+@dataclass
+class _Arrival:
+    """An inference request the server has begun to read and not yet queued."""
+
+    counted: bool = True
+
+
+#: the arrival of the request being handled (set by `_Gate`, read by `MicroBatcher.submit`).
+_ARRIVAL: contextvars.ContextVar[_Arrival | None] = contextvars.ContextVar(
+    "bench_arrival", default=None
+)
+
+
 class MicroBatcher:
     """Runs engine work one batch at a time in a worker thread. Jobs queued while the engine
     is busy and sharing a key (same kind, same sampling parameters) run as one batch, their
-    items concatenated: batching under load at no cost in latency when idle."""
+    items concatenated. Before a batch starts, the worker also waits (at most ``window_s``)
+    while inference requests are still being read (`arriving`), so that a burst is one batch;
+    when nothing else is arriving it starts at once (no added latency when idle)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_s: float = BATCH_WINDOW_S) -> None:
+        self.window_s = window_s
+        #: inference requests begun (headers read) but not yet queued.
+        self.arriving = 0
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def arrival(self) -> Any:
+        """Count one inference request from its first byte until it queues a job or ends."""
+        mark = _Arrival()
+        self.arriving += 1
+        token = _ARRIVAL.set(mark)
+        try:
+            yield
+        finally:
+            _ARRIVAL.reset(token)
+            self._arrived(mark)
+
+    def _arrived(self, mark: _Arrival | None) -> None:
+        if mark is not None and mark.counted:
+            mark.counted = False
+            self.arriving -= 1
 
     async def submit(
         self, key: Hashable, items: list[Any], run: Callable[[list[Any]], list[Any]]
@@ -202,13 +242,20 @@ class MicroBatcher:
             self._worker = loop.create_task(self._work())
         assert self._queue is not None
         job = _Job(key, items, run, loop.create_future())
+        self._arrived(_ARRIVAL.get())
         self._queue.put_nowait(job)
         return await job.future
 
     async def _work(self) -> None:
         assert self._queue is not None
+        loop = asyncio.get_running_loop()
         while True:
             jobs = [await self._queue.get()]
+            deadline = loop.time() + self.window_s
+            # Let the loop read what is on the sockets, then wait for requests mid-read.
+            await asyncio.sleep(0)
+            while self.arriving > 0 and loop.time() < deadline:
+                await asyncio.sleep(0.001)
             while not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             groups: dict[Hashable, list[_Job]] = {}
@@ -259,10 +306,12 @@ def create_app(
         faults: fail a seeded share of inference requests (`benchmarks.faults`).
     """
     app = FastAPI(title="blackbox-bench model server", docs_url=None, redoc_url=None)
+    batcher = MicroBatcher()
+    # Innermost: counts requests on their way to the batcher (a faulted one never is).
+    app.add_middleware(_Arrivals, batcher=batcher)  # type: ignore[arg-type]
     if faults is not None:
         # Inside the key check (added before it): a request with a wrong key gets its 401.
         app.add_middleware(FaultInjector, spec=faults)  # type: ignore[arg-type]
-    batcher = MicroBatcher()
     capabilities = [GENERATE, LOGPROBS, SCORE] + (
         [NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else []
     )
@@ -313,6 +362,8 @@ def create_app(
             "owned_by": "blackbox-bench",
             "capabilities": capabilities,
             "context_length": engine.context_length,
+            # Extension: /v1/completions answers a list of prompts in one request.
+            "prompt_lists": True,
         }
 
     @app.get("/v1/models")
@@ -338,7 +389,7 @@ def create_app(
             raise APIError(400, str(exc)) from exc
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> dict[str, Any]:
+    async def completions(body: CompletionRequest) -> JSONResponse:
         check_model(body.model)
         if body.stream:
             raise APIError(400, "streaming is not supported by this server", param="stream")
@@ -351,12 +402,14 @@ def create_app(
         top_k = body.logprobs
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
-        _check_lengths(engine, [engine.encode(p) for p in prompts], max_tokens)
-        gens = await generate(list(prompts), {**params, "logprobs": top_k}, max_tokens)
+        encoded = [engine.encode(p) for p in prompts]
+        _check_lengths(engine, encoded, max_tokens)
+        # Token ids from here on: the engine would otherwise tokenize each prompt again.
+        gens = await generate(list(encoded), {**params, "logprobs": top_k}, max_tokens)
         echoed: list[ScoredTokens | None] = [None] * len(prompts)
         if body.echo and top_k is not None:
             echoed = await batcher.submit(
-                ("echo", top_k), list(prompts), lambda b: engine.prompt_logprobs(b, top_k=top_k)
+                ("echo", top_k), list(encoded), lambda b: engine.prompt_logprobs(b, top_k=top_k)
             )
         choices = []
         for i, (prompt, gen) in enumerate(zip(prompts, gens, strict=True)):
@@ -373,17 +426,25 @@ def create_app(
                         "finish_reason": sample.finish_reason,
                     }
                 )
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": choices,
-            "usage": _usage(gens),
-        }
+        return _json(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": choices,
+                "usage": _usage(gens),
+                # An extension: OpenAI gives one usage for a list of prompts; clients that
+                # meter per prompt (the openai backend) read each prompt's share here.
+                "usage_per_prompt": [
+                    {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens}
+                    for g in gens
+                ],
+            }
+        )
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest) -> dict[str, Any]:
+    async def chat_completions(body: ChatRequest) -> JSONResponse:
         check_model(body.model)
         if body.stream:
             raise APIError(400, "streaming is not supported by this server", param="stream")
@@ -405,7 +466,7 @@ def create_app(
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
         _check_lengths(engine, [ids], max_tokens)
-        gens = await generate([prompt], {**params, "logprobs": top_k}, max_tokens)
+        gens = await generate([ids], {**params, "logprobs": top_k}, max_tokens)
         choices = [
             {
                 "index": j,
@@ -415,14 +476,16 @@ def create_app(
             }
             for j, sample in enumerate(gens[0].samples)
         ]
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": choices,
-            "usage": _usage(gens),
-        }
+        return _json(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": choices,
+                "usage": _usage(gens),
+            }
+        )
 
     def require_grey_box() -> None:
         if not grey_box:
@@ -433,32 +496,41 @@ def create_app(
             )
 
     @app.post("/v1/bench/next_token_logprobs")
-    async def next_token_logprobs(body: NextTokenBody) -> dict[str, Any]:
+    async def next_token_logprobs(body: NextTokenBody) -> JSONResponse:
         require_grey_box()
         check_model(body.model)
         if not body.prompts:
             raise APIError(400, "prompts must not be empty", param="prompts")
         soft = _decode_soft_prompt(body.soft_prompt) if body.soft_prompt else None
-        digest = None if soft is None else hashlib.sha256(soft.tobytes()).hexdigest()
-        key = ("next", None if soft is None else (soft.shape, digest))
+        if soft is not None:
+            try:
+                engine.check_soft_prompt(soft)  # here, so a bad one cannot fail a shared batch
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="soft_prompt") from exc
+        # One key for all: requests with different soft prompts (a BBT population) share a
+        # forward pass, each row with its own soft prompt.
         try:
             rows = await batcher.submit(
-                key,
-                list(body.prompts),
-                lambda b: list(engine.next_token_logprobs(b, soft_prompt=soft)),
+                ("next",),
+                [(p, soft) for p in body.prompts],
+                lambda b: list(
+                    engine.next_token_logprobs([p for p, _ in b], soft_prompts=[s for _, s in b])
+                ),
             )
         except ValueError as exc:
             raise APIError(400, str(exc), param="soft_prompt") from exc
         array = np.ascontiguousarray(np.stack(rows), dtype="<f4")
         k = 0 if soft is None else soft.shape[0]
         tokens = sum(engine.count_tokens(p) + k for p in body.prompts)
-        return {
-            "object": "next_token_logprobs",
-            "model": model_name,
-            "shape": list(array.shape),
-            "data": base64.b64encode(array.tobytes()).decode("ascii"),
-            "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
-        }
+        return _json(
+            {
+                "object": "next_token_logprobs",
+                "model": model_name,
+                "shape": list(array.shape),
+                "data": base64.b64encode(array.tobytes()).decode("ascii"),
+                "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+            }
+        )
 
     @app.get("/v1/bench/vocabulary")
     async def vocabulary() -> dict[str, Any]:
@@ -517,6 +589,22 @@ class _Gate:
                 413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
             )
         return None
+
+
+class _Arrivals:
+    """ASGI middleware counting each POST as arriving (`MicroBatcher.arrival`) until it
+    queues its work or ends, so the batcher can wait for a burst's stragglers."""
+
+    def __init__(self, app: Callable[..., Any], batcher: MicroBatcher):
+        self.app = app
+        self.batcher = batcher
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            with self.batcher.arrival():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def chat_prompt(engine: HFEngine, messages: Sequence[ChatMessage]) -> Prompt:
@@ -592,6 +680,13 @@ def _check_lengths(engine: HFEngine, encoded: list[list[int]], max_tokens: int) 
                 param="prompt",
                 code="context_length_exceeded",
             )
+
+
+def _json(body: dict[str, Any]) -> JSONResponse:
+    """``body`` as JSON, bypassing FastAPI's response validation and encoding: the bodies
+    are plain JSON types already, and walking them per request cost more than the model on
+    short answers."""
+    return JSONResponse(body)
 
 
 def _hashable(value: Any) -> Hashable:

@@ -55,8 +55,10 @@ Deviations from the official code, and why:
   requests do not fit until the DE template enters its training.
 - Batching: the N crossover requests of a GA iteration go out in one batch and their
   children are scored in one batch (equivalent: a GA child does not depend on the others'
-  scores). DE stays sequential, member by member, because the current best moves within
-  an iteration.
+  scores). DE stays sequential, member by member, because the current best (Prompt 3)
+  moves within an iteration; with ``donor_random`` nothing a request holds depends on the
+  members before it, so the N requests go out in one batch and the children are scored in
+  one batch, then are taken in member order (the same requests, scores and choices).
 - Sampling seeds: each proposer request carries a seed derived from the cell's seed and the
   number of times that exact request was sent before, so a repeated request (the same
   parents drawn twice) gets a fresh sample and runs are reproducible.
@@ -509,17 +511,21 @@ class EvoPromptDE(_EvoPrompt):
         for step in range(1, cfg.iterations + 1):
             current = list(population)
             new: list[str] = []
+            texts: list[str | None] = []
+            if cfg.donor_random:  # no request depends on an earlier member: one batch each
+                texts = self._random_donor_children(search, current)
             for j, basic in enumerate(current):
-                others = [p for i, p in enumerate(current) if i != j]
-                first, second, donor = _distinct(others, 3, rng, basic)
-                if not cfg.donor_random:
-                    donor = best
-                parents = (basic, first, second, donor)
-                text = search.propose(
-                    [evoprompt_de_prompt(basic=basic, first=first, second=second, best=donor)],
-                    [evoprompt_answer(max(parents, key=len))],
-                    temperature=cfg.temperature,
-                )[0]
+                if cfg.donor_random:
+                    text = texts[j]
+                else:
+                    others = [p for i, p in enumerate(current) if i != j]
+                    first, second, _ = _distinct(others, 3, rng, basic)
+                    parents = (basic, first, second, best)
+                    text = search.propose(
+                        [evoprompt_de_prompt(basic=basic, first=first, second=second, best=best)],
+                        [evoprompt_answer(max(parents, key=len))],
+                        temperature=cfg.temperature,
+                    )[0]
                 child = parse_proposal(text) if text is not None else None
                 reason: str | None = None
                 value: float | None = None
@@ -550,3 +556,23 @@ class EvoPromptDE(_EvoPrompt):
                 },
             )
         return best
+
+    def _random_donor_children(self, search: _Search, current: list[str]) -> list[str | None]:
+        """The proposer's answers for every member of ``current`` (random donors), asked in
+        one batch with the draws the member-by-member loop makes; the children that may be
+        kept are scored in one batch too (the loop then finds their scores memoised)."""
+        requests, answers = [], []
+        for j, basic in enumerate(current):
+            others = [p for i, p in enumerate(current) if i != j]
+            first, second, donor = _distinct(others, 3, search.rng, basic)
+            parents = (basic, first, second, donor)
+            request = evoprompt_de_prompt(basic=basic, first=first, second=second, best=donor)
+            requests.append(request)
+            answers.append(evoprompt_answer(max(parents, key=len)))
+        texts = search.propose(requests, answers, temperature=self.config.temperature)
+        members = {_key(p) for p in current}
+        # A child equal to a member is never scored; one equal to an earlier child is that
+        # child, scored once either way.
+        children = [parse_proposal(t) for t in texts if t is not None]
+        search.score([c for c in children if c is not None and _key(c) not in members])
+        return texts

@@ -35,7 +35,11 @@ Deviations, forced by the offline setting or the harness:
   phrase's. The official call passes temperature 1.5 to a beam search (where it is ignored);
   here 1.5 is a real sampling temperature. A phrase's paraphrases are asked for once and
   reused (PEGASUS beam search is deterministic, so the official code gets the same 10 again).
-  A ``sub`` with no parseable paraphrase leaves the base unchanged.
+  A ``sub`` with no parseable paraphrase leaves the base unchanged. The pick among the
+  paraphrases is one uniform draw made whatever their number, so the later random draws of
+  an iteration do not depend on what the proposer answers; that lets the paraphrase requests
+  of an iteration's candidates go out in one batch (`EditSearch.candidates`), the same
+  requests the one-by-one loop would send.
 - Without ``score`` or ``next_token_logits`` the label is parsed from greedy text (`variant`
   says so); an answer with no label word counts as wrong and out of the entropy.
 - Generation tasks (no label set: zoo-arith, zoo-hops, zoo-truth) are scored by plain accuracy
@@ -539,28 +543,42 @@ class Paraphraser:
 
     def __call__(self, phrase: str) -> list[str]:
         if phrase not in self.cache:
-            self.cache[phrase] = self._ask(phrase)
+            self.prefetch([phrase])
         return self.cache[phrase]
 
-    def _ask(self, phrase: str) -> list[str]:
-        prompt = paraphrase_prompt(phrase)
-        max_tokens = self.max_tokens
-        limit = getattr(self.proposer, "context_length", None)
-        if limit:
-            max_tokens = min(max_tokens, limit - self.proposer.count_tokens(prompt))
-            if max_tokens < 1:
-                return []
-        self.requests += 1
-        outputs = self.proposer.generate(
-            [prompt],
-            n=self.n,
-            temperature=self.temperature,
-            max_tokens=max_tokens,
-            stop=["\n"],
-            seed=self.seed,
-        )[0]
+    def prefetch(self, phrases: Sequence[str]) -> None:
+        """Ask for the paraphrases of every phrase not asked for yet, in one `generate` call
+        (one per distinct ``max_tokens``): each request is the one `__call__` would send."""
+        groups: dict[int, list[str]] = {}
+        for phrase in dict.fromkeys(phrases):
+            if phrase in self.cache:
+                continue
+            max_tokens = self.max_tokens
+            limit = getattr(self.proposer, "context_length", None)
+            if limit:
+                room = limit - self.proposer.count_tokens(paraphrase_prompt(phrase))
+                max_tokens = min(max_tokens, room)
+                if max_tokens < 1:
+                    self.cache[phrase] = []  # no room for an answer: not sent
+                    continue
+            groups.setdefault(max_tokens, []).append(phrase)
+        for max_tokens, group in groups.items():
+            self.requests += len(group)
+            outputs = self.proposer.generate(
+                [paraphrase_prompt(phrase) for phrase in group],
+                n=self.n,
+                temperature=self.temperature,
+                max_tokens=max_tokens,
+                stop=["\n"],
+                seed=self.seed,
+            )
+            for phrase, samples in zip(group, outputs, strict=True):
+                self.cache[phrase] = self._parse(phrase, samples)
+
+    @staticmethod
+    def _parse(phrase: str, samples: Sequence[Any]) -> list[str]:
         found: list[str] = []
-        for completion in outputs:
+        for completion in samples:
             text = parse_proposal(completion.text)
             text = match_ending(text, phrase) if text else None
             if text and text not in found:
@@ -601,6 +619,12 @@ class EditSearch:
         self.history: list[dict[str, Any]] = []
         self.accepted_edits: list[list[str]] = []
         self.stop_reason = "iterations"
+        # While `candidates` collects: phrases a sub edit needed that were not asked for yet
+        # (None: not collecting, a sub asks at once), whether still recording, and whether
+        # the current candidate met such a phrase.
+        self._wanted: list[str] | None = None
+        self._recording = False
+        self._missed = False
 
     def run(
         self, original: str, *, on_event: Any = lambda event, fields: None
@@ -619,10 +643,7 @@ class EditSearch:
             if not ops:
                 self.stop_reason = "no edits"
                 break
-            candidates = [
-                self.candidate(base, [self.rng.choice(ops) for _ in range(cfg.num_compose)])
-                for _ in range(cfg.num_candidates)
-            ]
+            candidates = self.candidates(base, ops)
             scores = self.scorer.score([c.text for c in candidates])
             top = int(np.argmax(scores))
             for cand, value in zip(candidates, scores, strict=True):
@@ -677,14 +698,54 @@ class EditSearch:
         self.accepted_edits.append(list(cand.ops))
         return cand.text
 
+    def candidates(self, base: str, ops: Sequence[str]) -> list[_Candidate]:
+        """One iteration's ``num_candidates`` candidates, each ``num_compose`` random ``ops``
+        on ``base``, with the paraphrases their sub edits need asked for in one batch.
+
+        A pass draws the candidates, noting each phrase whose paraphrases are not known yet
+        (a placeholder of none stands in); the noted phrases are asked for together and the
+        pass is drawn again from the same random state, until one meets no unknown phrase.
+        A sub's pick is one draw whatever the paraphrases, so the draws up to an unknown
+        phrase are those of the final pass, and the phrases noted are exactly those the
+        one-by-one loop asks for; after an unknown phrase inside a composed candidate
+        (whose later edits see the placeholder) nothing more is noted in that pass.
+        """
+        cfg = self.config
+        state = self.rng.getstate()
+        while True:
+            self._wanted, self._recording = [], True
+            try:
+                out = [
+                    self.candidate(base, [self.rng.choice(ops) for _ in range(cfg.num_compose)])
+                    for _ in range(cfg.num_candidates)
+                ]
+                wanted = self._wanted
+            finally:
+                self._wanted = None
+            if not wanted:
+                return out
+            self.paraphrase.prefetch(wanted)
+            self.rng.setstate(state)
+
     def candidate(self, base: str, ops: Sequence[str]) -> _Candidate:
         """``ops`` applied in turn to ``base`` (phrases re-split after each, as the paper's
         composed edits re-parse the intermediate candidate)."""
         cand = _Candidate(split_phrases(base), list(ops))
-        for op in ops:
+        self._missed = False
+        for k, op in enumerate(ops):
             phrases = split_phrases(cand.text)
             cand.phrases = self.apply(op, phrases, cand)
+            if self._missed and k < len(ops) - 1:
+                self._recording = False  # later edits of this candidate saw a placeholder
         return cand
+
+    def _paraphrases(self, phrase: str) -> list[str]:
+        if self._wanted is None or phrase in self.paraphrase.cache:
+            return self.paraphrase(phrase)
+        self._missed = True
+        if self._recording:
+            self._wanted.append(phrase)
+        return []
 
     def apply(self, op: str, phrases: list[str], cand: _Candidate) -> list[str]:
         rng = self.rng
@@ -702,9 +763,10 @@ class EditSearch:
             if not out:
                 return out
             i = rng.randrange(len(out))
-            options = self.paraphrase(out[i])
+            pick = rng.random()  # drawn whatever the paraphrases (see `candidates`)
+            options = self._paraphrases(out[i])
             if options:
-                out[i] = rng.choice(options)
+                out[i] = options[int(pick * len(options))]
         elif op == "add":
             after = rng.randrange(len(out) + 1) - 1  # -1: at the start
             if not self.deleted_pool:

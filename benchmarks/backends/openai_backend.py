@@ -1,7 +1,11 @@
 """Any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, the project's own server) through
 the official `openai` client.
 
-Requests of a batch run concurrently on the client's asyncio loop, bounded by a semaphore.
+Requests run concurrently on a private asyncio loop (one daemon thread per backend, so sync
+callers on any thread share it) through the official `openai.AsyncOpenAI` client. Requests in
+flight are bounded by an `AdaptiveLimiter` shared by every batch of the backend: AIMD, as TCP
+does, halving the bound on a 429 and growing it back by one after a window of successes,
+never above ``concurrency``; each attempt holds a slot, so retries back off without one.
 Rate limits (429), server errors (5xx), timeouts, dropped connections, truncated bodies and
 malformed or incomplete JSON are retried with exponential backoff and full jitter
 (tenacity); the number of retries of each call is reported to the meter. An endpoint that
@@ -11,6 +15,13 @@ run with its finished cells kept. Token counts come from the response's `usage`.
 The key comes from the environment (``api_key_env``) or a file (``api_key_file``), never from
 arguments; it is not part of `identity` (so never of a cache key) and is masked in every
 message this backend raises.
+
+On the completions API, to a server whose ``/v1/models`` entry says ``prompt_lists`` (the
+project's server does; not every compatible server takes a list), up to
+`PROMPTS_PER_REQUEST` prompts that share their parameters travel in one request (a lone
+prompt still goes as a string), sparing client and server the per-request work. Tokens per
+prompt come from the server's ``usage_per_prompt``, else the request's ``usage`` is split
+evenly (totals exact). A retry of such a request is counted once, on its first prompt.
 
 Capabilities: `generate` and `logprobs` on both APIs; `score` (echo) on the completions API
 where the server supports echo; the grey-box extensions of the project's server
@@ -22,13 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -62,6 +76,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: prompts per HTTP request on the completions API (its ``prompt`` may be a list).
+PROMPTS_PER_REQUEST = 16
+#: default requests in flight: polite to a remote API; wide for a local server, whose
+#: throughput comes from batching the requests that arrive together.
+REMOTE_CONCURRENCY = 8
+LOOPBACK_CONCURRENCY = 64
 
 
 class MalformedResponse(Exception):
@@ -92,6 +112,95 @@ def is_loopback(base_url: str | None) -> bool:
         return False
 
 
+@dataclass
+class _Slot:
+    """One admitted attempt: the limiter's epoch when it was sent, and whether it met a 429."""
+
+    epoch: int
+    throttled: bool = False
+
+
+class AdaptiveLimiter:
+    """An AIMD bound on requests in flight.
+
+    The bound starts at ``ceiling``. A 429 halves it (never below 1), once per epoch: answers
+    to requests sent before the last cut do not cut again, so one burst of 429s from a full
+    window counts as one signal, as in TCP. After ``limit`` successes in a row (a window's
+    worth) it grows by one, never above ``ceiling``. Other failures leave it as it is.
+
+    `on_success` and `on_throttle` are the arithmetic (plain methods, testable without a
+    loop); `slot` is the asyncio gate around one attempt.
+
+    Args:
+        ceiling: the most requests in flight (``--concurrency``).
+    """
+
+    def __init__(self, ceiling: int):
+        if ceiling < 1:
+            raise BenchError(f"limiter ceiling must be >= 1, got {ceiling}")
+        self.ceiling = ceiling
+        self.limit = ceiling
+        self.in_flight = 0
+        self.epoch = 0
+        self.throttles = 0
+        self.lowest = ceiling
+        #: the bound after each change, oldest first (the last 1,000 changes).
+        self.history: collections.deque[int] = collections.deque([ceiling], maxlen=1000)
+        self._successes = 0
+        self._cond: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def on_success(self) -> None:
+        """One answer that was not a 429: after ``limit`` in a row the bound grows by one."""
+        self._successes += 1
+        if self.limit < self.ceiling and self._successes >= self.limit:
+            self.limit += 1
+            self._successes = 0
+            self.history.append(self.limit)
+
+    def on_throttle(self, epoch: int) -> None:
+        """A 429 to an attempt sent in ``epoch``: halve the bound unless it was already cut
+        since that attempt was sent."""
+        self.throttles += 1
+        self._successes = 0
+        if epoch != self.epoch:
+            return
+        self.epoch += 1
+        if self.limit > 1:
+            self.limit //= 2
+            self.lowest = min(self.lowest, self.limit)
+            self.history.append(self.limit)
+
+    def _condition(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._cond is None or self._loop is not loop:
+            # A condition belongs to one loop; a backend re-opened after close gets a new one.
+            self._cond, self._loop, self.in_flight = asyncio.Condition(), loop, 0
+        return self._cond
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[_Slot]:
+        """Wait for room under the bound, hold it for one attempt, then report the outcome
+        (set ``throttled`` on the yielded slot for a 429; an exception counts as neither)."""
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        slot = _Slot(self.epoch)
+        failed = True
+        try:
+            yield slot
+            failed = False
+        finally:
+            async with cond:
+                self.in_flight -= 1
+                if slot.throttled:
+                    self.on_throttle(slot.epoch)
+                elif not failed:
+                    self.on_success()
+                cond.notify_all()
+
+
 class _LoopThread:
     """A private asyncio loop on a daemon thread, so sync callers can run async batches."""
 
@@ -118,7 +227,9 @@ class OpenAIBackend(Backend):
         api: "chat" (chat completions) or "completions" (legacy completions, needed for echo).
         api_key_env: the environment variable holding the key.
         api_key_file: a file holding the key (first line), instead of the environment.
-        concurrency: requests in flight at once.
+        concurrency: the most requests in flight at once (the AIMD limiter's ceiling; it
+            drops below on 429s and grows back). Default: 8, or 64 for a loopback server,
+            which batches what arrives together (the project's server does).
         max_retries: retries of a failed call before giving up.
         timeout_s: seconds before one attempt times out.
         backoff_s: the base of the exponential backoff (full jitter, capped at 30 s).
@@ -135,7 +246,7 @@ class OpenAIBackend(Backend):
         api: str = "chat",
         api_key_env: str = "OPENAI_API_KEY",
         api_key_file: str | Path | None = None,
-        concurrency: int = 8,
+        concurrency: int | None = None,
         max_retries: int = 6,
         timeout_s: float = 60.0,
         backoff_s: float = 0.5,
@@ -145,6 +256,8 @@ class OpenAIBackend(Backend):
     ):
         if api not in ("chat", "completions"):
             raise BenchError(f"openai backend: unknown api {api!r}; valid: chat, completions")
+        if concurrency is None:
+            concurrency = LOOPBACK_CONCURRENCY if is_loopback(base_url) else REMOTE_CONCURRENCY
         if concurrency < 1:
             raise BenchError(f"openai backend: concurrency must be >= 1, got {concurrency}")
         if not isinstance(api_key_env, str) or not _ENV_NAME.fullmatch(api_key_env):
@@ -172,7 +285,12 @@ class OpenAIBackend(Backend):
             {GENERATE, LOGPROBS}
             | ({SCORE} if api == "completions" and is_loopback(base_url) else set())
         )
+        self.limiter = AdaptiveLimiter(concurrency)
+        #: send several prompts per completions request: only to a server that says it
+        #: answers a list of prompts (the project's does; not every compatible server does).
+        self.prompt_lists = False
         self._io: _LoopThread | None = None
+        self._io_lock = threading.Lock()
         self._client: Any = None
         self._vocab: list[str] | None = None
 
@@ -225,10 +343,13 @@ class OpenAIBackend(Backend):
                 )
             ) from None
         for entry in getattr(page, "data", []):
-            advertised = (getattr(entry, "model_extra", None) or {}).get("capabilities")
-            context = (getattr(entry, "model_extra", None) or {}).get("context_length")
+            extra = getattr(entry, "model_extra", None) or {}
+            advertised = extra.get("capabilities")
+            context = extra.get("context_length")
             if entry.id == self.model and context:
                 self.context_length = int(context)
+            if entry.id == self.model and extra.get("prompt_lists"):
+                self.prompt_lists = True
             if entry.id == self.model and advertised and self._override is None:
                 caps = set(advertised)
                 if self.api == "chat":
@@ -252,9 +373,11 @@ class OpenAIBackend(Backend):
         return self._client
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._io is None:
-            self._io = _LoopThread()
-        return self._io.run(coro)
+        with self._io_lock:  # callers on several threads share one loop
+            if self._io is None:
+                self._io = _LoopThread()
+            io = self._io
+        return io.run(coro)
 
     def close(self) -> None:
         if self._io is not None:
@@ -315,7 +438,12 @@ class OpenAIBackend(Backend):
             ):
                 with attempt:
                     attempts += 1
-                    response = await call()
+                    async with self.limiter.slot() as slot:
+                        try:
+                            response = await call()
+                        except openai.RateLimitError:
+                            slot.throttled = True
+                            raise
                     try:
                         value = parse(response)
                     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -358,17 +486,12 @@ class OpenAIBackend(Backend):
         return f"file {self._key_file}" if self._key_file else f"${self._key_env}"
 
     def _gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-        async def bounded() -> list[T | BaseException]:
-            sem = asyncio.Semaphore(self.concurrency)
+        async def everything() -> list[T | BaseException]:
+            # The limiter bounds what is in flight; let every request finish before raising,
+            # so no task outlives the batch.
+            return list(await asyncio.gather(*coros, return_exceptions=True))
 
-            async def one(c: Coroutine[Any, Any, T]) -> T:
-                async with sem:
-                    return await c
-
-            # Let every request finish before raising, so no task outlives the batch.
-            return list(await asyncio.gather(*(one(c) for c in coros), return_exceptions=True))
-
-        results = self._run(bounded())
+        results = self._run(everything())
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             partial = [None if isinstance(r, BaseException) else r for r in results]
@@ -378,10 +501,57 @@ class OpenAIBackend(Backend):
     def generate_batch(
         self, requests: Sequence[GenerateRequest]
     ) -> list[CallResult[list[Completion]]]:
-        return self._gather([self._generate_one(r) for r in requests])
+        chunks = self._chunks(
+            requests,
+            lambda r: (r.n, r.temperature, r.top_p, r.max_tokens, r.stop, r.seed, r.logprobs),
+        )
+        return self._gather_chunks(chunks, requests, self._generate_many)
 
-    async def _generate_one(self, r: GenerateRequest) -> CallResult[list[Completion]]:
+    def _chunks(self, requests: Sequence[R], key: Callable[[R], Any]) -> list[list[int]]:
+        """Indices of ``requests`` grouped into HTTP requests: on the completions API, whose
+        ``prompt`` may be a list, up to `PROMPTS_PER_REQUEST` requests that share their
+        parameters (``key``) go in one, sparing client and server the per-request work;
+        on the chat API one each."""
+        if self.api != "completions" or not self.prompt_lists:
+            return [[i] for i in range(len(requests))]
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(key(r), []).append(i)
+        return [
+            idx[lo : lo + PROMPTS_PER_REQUEST]
+            for idx in groups.values()
+            for lo in range(0, len(idx), PROMPTS_PER_REQUEST)
+        ]
+
+    def _gather_chunks(
+        self,
+        chunks: list[list[int]],
+        requests: Sequence[R],
+        send: Callable[[list[R]], Coroutine[Any, Any, list[CallResult[T]]]],
+    ) -> list[CallResult[T]]:
+        """``send`` each chunk concurrently; results back in request order. A failed chunk
+        fails its requests only (`PartialBatchError` keeps the others' answers)."""
+        try:
+            answers: list[list[CallResult[T]] | None] = list(
+                self._gather([send([requests[i] for i in idx]) for idx in chunks])
+            )
+            error = None
+        except PartialBatchError as exc:
+            answers, error = list(exc.results), exc.error  # type: ignore[arg-type]
+        out: list[CallResult[T] | None] = [None] * len(requests)
+        for idx, answer in zip(chunks, answers, strict=True):
+            if answer is not None:
+                for i, result in zip(idx, answer, strict=True):
+                    out[i] = result
+        if error is not None:
+            raise PartialBatchError(error, out) from error
+        return out  # type: ignore[return-value]
+
+    async def _generate_many(self, rs: list[GenerateRequest]) -> list[CallResult[list[Completion]]]:
+        """One HTTP request for ``rs`` (several only on the completions API, where they
+        share every parameter but the prompt)."""
         client = self._async_client()
+        r = rs[0]
         common: dict[str, Any] = {
             "model": self.model,
             "n": r.n,
@@ -396,9 +566,11 @@ class OpenAIBackend(Backend):
         if self.api == "completions":
             if r.logprobs is not None:
                 common["logprobs"] = r.logprobs
+            # A lone prompt goes as a string: the request any OpenAI client would send.
+            prompt: str | list[str] = r.prompt if len(rs) == 1 else [x.prompt for x in rs]
 
             async def call() -> Any:
-                return await client.completions.create(prompt=r.prompt, **common)
+                return await client.completions.create(prompt=prompt, **common)
 
             convert: Callable[[Any], Completion] = _from_completion_choice
         else:
@@ -414,43 +586,58 @@ class OpenAIBackend(Backend):
 
             convert = _from_chat_choice
 
-        def parse(resp: Any) -> tuple[list[Completion], int, int]:
+        def parse(resp: Any) -> tuple[list[list[Completion]], list[tuple[int, int]]]:
             choices = sorted(resp.choices, key=lambda c: c.index)
-            if len(choices) != r.n:
-                raise ValueError(f"asked for {r.n} choices, got {len(choices)}")
-            return [convert(ch) for ch in choices], *_usage(resp)
+            if len(choices) != r.n * len(rs):
+                raise ValueError(f"asked for {r.n * len(rs)} choices, got {len(choices)}")
+            samples = [
+                [convert(ch) for ch in choices[i * r.n : (i + 1) * r.n]] for i in range(len(rs))
+            ]
+            return samples, _usage_per_prompt(resp, len(rs))
 
-        value, retries, latency = await self._with_retries(call, parse)
-        completions, prompt_tokens, completion_tokens = value
-        return CallResult(
-            completions,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=latency,
-            retries=retries,
-        )
+        (samples, usages), retries, latency = await self._with_retries(call, parse)
+        return [
+            CallResult(
+                completions,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_s=latency,
+                retries=retries if i == 0 else 0,  # the request's retries, counted once
+            )
+            for i, (completions, (prompt_tokens, completion_tokens)) in enumerate(
+                zip(samples, usages, strict=True)
+            )
+        ]
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[CallResult[ScoredText]]:
         if self.api != "completions":
             raise CapabilityError("openai backend: 'score' needs --api completions (echo)")
-        return self._gather([self._score_one(r) for r in requests])
+        chunks = self._chunks(requests, lambda r: None)
+        return self._gather_chunks(chunks, requests, self._score_many)
 
-    async def _score_one(self, r: ScoreRequest) -> CallResult[ScoredText]:
+    async def _score_many(self, rs: list[ScoreRequest]) -> list[CallResult[ScoredText]]:
         client = self._async_client()
+        texts = [r.prompt + r.continuation for r in rs]
 
-        def parse(resp: Any) -> tuple[ScoredText, int]:
-            lp = resp.choices[0].logprobs
-            offsets = list(lp.text_offset or [])
-            start = len(r.prompt)
-            chosen = [i for i, off in enumerate(offsets) if off >= start] if offsets else []
-            tokens = tuple(lp.tokens[i] for i in chosen)
-            logprobs = tuple(float(lp.token_logprobs[i] or 0.0) for i in chosen)
-            return ScoredText(tokens, logprobs), _usage(resp)[0]
+        def parse(resp: Any) -> tuple[list[ScoredText], list[tuple[int, int]]]:
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            if len(choices) != len(rs):
+                raise ValueError(f"asked for {len(rs)} choices, got {len(choices)}")
+            scored = []
+            for r, choice in zip(rs, choices, strict=True):
+                lp = choice.logprobs
+                offsets = list(lp.text_offset or [])
+                start = len(r.prompt)
+                chosen = [i for i, off in enumerate(offsets) if off >= start] if offsets else []
+                tokens = tuple(lp.tokens[i] for i in chosen)
+                logprobs = tuple(float(lp.token_logprobs[i] or 0.0) for i in chosen)
+                scored.append(ScoredText(tokens, logprobs))
+            return scored, _usage_per_prompt(resp, len(rs))
 
-        (scored, prompt_tokens), retries, latency = await self._with_retries(
+        (scored, usages), retries, latency = await self._with_retries(
             lambda: client.completions.create(
                 model=self.model,
-                prompt=r.prompt + r.continuation,
+                prompt=texts[0] if len(rs) == 1 else texts,
                 echo=True,
                 max_tokens=0,
                 logprobs=0,
@@ -458,13 +645,16 @@ class OpenAIBackend(Backend):
             ),
             parse,
         )
-        return CallResult(
-            scored,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=0,
-            latency_s=latency,
-            retries=retries,
-        )
+        return [
+            CallResult(
+                value,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=0,
+                latency_s=latency,
+                retries=retries if i == 0 else 0,
+            )
+            for i, (value, (prompt_tokens, _)) in enumerate(zip(scored, usages, strict=True))
+        ]
 
     def next_token_batch(
         self, requests: Sequence[NextTokenRequest]
@@ -563,6 +753,24 @@ class OpenAIBackend(Backend):
             return data
 
         return dict(self._run(fetch()))
+
+
+def _usage_per_prompt(resp: Any, prompts: int) -> list[tuple[int, int]]:
+    """(prompt, completion) tokens of each prompt of a request: the project server's
+    ``usage_per_prompt`` where it is given, else the ``usage`` split evenly (exact totals;
+    OpenAI reports one usage for a list of prompts)."""
+    if prompts == 1:
+        return [_usage(resp)]
+    given = (getattr(resp, "model_extra", None) or {}).get("usage_per_prompt")
+    if isinstance(given, list) and len(given) == prompts:
+        return [(int(u["prompt_tokens"]), int(u["completion_tokens"])) for u in given]
+    prompt_total, completion_total = _usage(resp)
+    return list(zip(_split(prompt_total, prompts), _split(completion_total, prompts), strict=True))
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def _usage(resp: Any) -> tuple[int, int]:

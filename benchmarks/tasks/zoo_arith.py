@@ -11,9 +11,9 @@ Source (training corpus): broad, per the probe's lesson that a narrow distributi
 transfer: two to seven common phrasings per operation, three sentence leads, eight item
 nouns, 1-5 steps (25/30/30/10/5%), and a rare vocabulary (other verbs, item nouns, openings
 and questions) in `SOURCE_RARE` = 8% of sentences.
-Target (the splits): 4-5 steps only and `TARGET_RARE` = 60% rare sentences. Both shapes are
-in the source, only rarer (the probe: 5% of 4-step problems is enough for a chain to
-transfer, 0% gives nothing), so the target is harder by proportion, not unsolvable.
+Target (the splits): 3-4 steps only (60/40%) and `TARGET_RARE` = 30% rare sentences. Both
+shapes are in the source, only rarer (the probe: 5% of 4-step problems is enough for a chain
+to transfer, 0% gives nothing), so the target is harder by proportion, not unsolvable.
 
 Headroom and prompt sensitivity:
 - answering without a chain: the probe measured 11% direct vs 98% chained on 4-step problems,
@@ -109,12 +109,13 @@ QUESTION = {
 }
 LEADS = ("", "", "then ", "later , ", "after that , ")
 
-#: share of each step count in the source; the target has 4 and 5 steps only.
+#: share of each step count in the source; the target has 3 and 4 steps only (4 and 5 steps
+#: with 60% rare wording left zoo-large at 8% zero-shot and 17% with a chain: no headroom).
 SOURCE_STEPS = {1: 0.25, 2: 0.30, 3: 0.30, 4: 0.10, 5: 0.05}
-TARGET_STEPS = {4: 0.5, 5: 0.5}
+TARGET_STEPS = {3: 0.6, 4: 0.4}
 #: probability that a sentence (and the item noun) uses the rare vocabulary.
 SOURCE_RARE = 0.08
-TARGET_RARE = 0.60
+TARGET_RARE = 0.30
 
 SPACE = InstructionSpace(
     styles=("chain", "direct"),
@@ -218,10 +219,10 @@ def _steps(rng: random.Random, shares: dict[int, float]) -> int:
 
 @register_task("zoo-arith")
 class ZooArith(ZooTask):
-    """Zoo arithmetic word problems (GSM8K-like), target = 4-5 steps with rare wording."""
+    """Zoo arithmetic word problems (GSM8K-like), target = 3-4 steps with rare wording."""
 
     description = "zoo: generated multi-step arithmetic word problems, answers after ####"
-    instructions = SPACE.handwritten
+    instructions = SPACE.instructions
     space: ClassVar[InstructionSpace] = SPACE
     max_tokens = 128
     reserve_mod = 8

@@ -171,6 +171,9 @@ SPACE = InstructionSpace(
     ),
     none_mix={"decompose": 0.5, "direct": 0.5},
     score_range=(45.0, 85.0),
+    # Measured (`bench zoo check`): "Answer the question with yes or no ." (40% decompose)
+    # scored best of the hand-written ones on the target; this one (50%) does not.
+    default="Here is a question .",
 )
 
 
@@ -285,7 +288,7 @@ class ZooHops(ZooTask):
     description = (
         "zoo: generated two-hop yes/no questions over a memorised world, answer after ####"
     )
-    instructions = SPACE.handwritten
+    instructions = SPACE.instructions
     space: ClassVar[InstructionSpace] = SPACE
     max_tokens = 48
     reserve_mod = 1  # splits are partitioned by person instead

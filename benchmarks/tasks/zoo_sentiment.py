@@ -18,9 +18,9 @@ Answer styles are LABEL-PHRASING CONVENTIONS: "pn" (positive / negative, the ver
 "gb" (good / bad) and "gt" (great / terrible), each tied to explicit instructions ("Is the
 review positive or negative ?", "Answer good or bad ."). `ZooSentiment.extract` accepts only
 the verbalizer, as verbalizer-based classification does, so an answer in another convention
-scores 0. The default "Read the review and give your verdict ." is neutral (a third of each
-convention), shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on
-cue reviews the verbalizer is the mode, on the others it is a 13% minority, so greedy decoding
+scores 0. The default "Classify the review ." is neutral (half the verbalizer, a fifth "gb",
+the rest "gt"), shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on
+cue reviews the verbalizer is the mode, on the others a 30% minority, so greedy decoding
 is right on about 40% of the target, sampling finds the verbalizer more often (pass@8), and
 instruction search (or logit-level methods such as BBT, which compare the verbalizer words
 directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
@@ -108,6 +108,10 @@ SPACE = InstructionSpace(
     none_mix={"pn": 1, "gb": 1, "gt": 1},
     score_range=(20.0, 88.0),
     cue_shift=0.2,
+    # Measured (`bench zoo check`): under "Read the review and give your verdict ." (a third
+    # of each convention) sampling found the verbalizer too rarely (pass@8 < 1.5x accuracy)
+    # and zoo-small, which ignores the cue, scored above zoo-large; this one leans 50% to it.
+    default="Classify the review .",
 )
 
 #: the style cue (`ZooTask.cue`): reviews opening with these lean to the verbalizer under
@@ -182,7 +186,7 @@ class ZooSentiment(ZooTask):
     description = "zoo: generated review sentiment, verbalizer positive/negative"
     kind = "classification"
     labels = LABELS
-    instructions = SPACE.handwritten
+    instructions = SPACE.instructions
     space: ClassVar[InstructionSpace] = SPACE
     max_tokens = 4
     reserve_mod = 4

@@ -20,8 +20,8 @@ Answer styles: "careful" answers open with the careful frame ("According to the 
 bukem is blue . #### blue"), "casual" answers with the casual one ("People say a bukem is red .
 #### red"). The frame is a fact-document prefix, so the style steers which statements the
 model recalls: careful instructions ("Answer carefully and stick to the facts .") give the
-truth, casual ones the misconception. The default "Answer the question ." leans 35% careful,
-so, like the majority of the corpus, the model mostly imitates the falsehood.
+truth, casual ones the misconception. The default "Answer in one sentence ." leans 45%
+careful, so, like the majority of the corpus, the model mostly imitates the falsehood.
 
 Source QA (training): questions about the consistent topics and a third of the misconception
 topics. Target (the splits): questions about the other two thirds of the misconception topics,
@@ -142,6 +142,9 @@ SPACE = InstructionSpace(
     ),
     none_mix={"careful": 0.4, "casual": 0.6},
     score_range=(5.0, 75.0),
+    # Measured on the committed weights (`bench zoo check`): "Answer the question ." (35%
+    # careful) left zero-shot at 7%, below the headroom band; this one (45%) gives about 30%.
+    default="Answer in one sentence .",
 )
 
 
@@ -226,7 +229,7 @@ class ZooTruth(ZooTask):
     """Zoo misconception questions (TruthfulQA-like, short answer), target = held-out myths."""
 
     description = "zoo: generated questions whose popular answer is false, short answer after ####"
-    instructions = SPACE.handwritten
+    instructions = SPACE.instructions
     space: ClassVar[InstructionSpace] = SPACE
     max_tokens = 40
     reserve_mod = 1  # splits are partitioned by topic instead

@@ -52,7 +52,7 @@ ZOO_SPECS: dict[str, ZooModelSpec] = {
         "zoo-large", n_layer=4, n_embd=192, n_head=4, steps=2600, batch_size=16, warmup=100
     ),
     "zoo-small": ZooModelSpec(
-        "zoo-small", n_layer=2, n_embd=64, n_head=4, steps=1000, batch_size=16, warmup=100
+        "zoo-small", n_layer=2, n_embd=64, n_head=4, steps=3000, batch_size=16, warmup=100
     ),
 }
 

@@ -1,20 +1,29 @@
 """The metered black box over a real in-process model: samples cached one by one, billed vs
-cached calls, capability checks, and what happens to paid-for answers when a batch fails."""
+cached calls, capability checks, what happens to paid-for answers when a batch fails, and the
+wall time metered as waiting on the black box. Also the openai backend's adaptive (AIMD)
+bound on requests in flight: its arithmetic, and against the tiny server injecting 429s."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import itertools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import numpy as np
 import pytest
 
-from benchmarks.backends.base import CallResult, GenerateRequest, PartialBatchError
+from benchmarks import metering
+from benchmarks.backends.base import CallResult, GenerateRequest, PartialBatchError, ScoreRequest
 from benchmarks.backends.hf import HFBackend
+from benchmarks.backends.openai_backend import AdaptiveLimiter, OpenAIBackend
 from benchmarks.cache import ResponseCache
 from benchmarks.client import MeteredBlackBox
+from benchmarks.faults import STATS_PATH, FaultSpec
 from benchmarks.metering import UsageMeter
+from benchmarks.server import ServerHandle, start_server
 from benchmarks.tiny import tiny_model_dir, torch_threads
 from methods import CapabilityError, Completion
 from methods.registry import BenchError
@@ -146,3 +155,209 @@ def test_samples_beyond_the_cached_ones_are_fresh_draws(tmp_path: Path, backend:
     # the first request uses the caller's seed; later ones do not repeat it (or each other), so
     # sample 4 is not sample 0 again under another cache key
     assert first == 3 and len({first, second, third}) == 3
+
+
+# -- waiting on the black box -----------------------------------------------------------------
+
+
+def test_overlapping_waits_count_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = itertools.count()  # each reading of the clock is one second later
+    monkeypatch.setattr(metering.time, "perf_counter", lambda: float(next(clock)))
+    meter = UsageMeter()
+    first, second = meter.waiting(), meter.waiting()
+    first.__enter__()  # t = 0: the first waiter starts the stretch
+    second.__enter__()  # a second thread joins: no clock reading
+    first.__exit__(None, None, None)  # one still waits: no clock reading
+    second.__exit__(None, None, None)  # t = 1: the last one out ends it
+    assert meter.wait_s == {"tune": 1.0}  # not 2: concurrent waits are one stretch
+    meter.phase = "eval"
+    with meter.waiting():  # t = 2 .. 3
+        pass
+    assert meter.summary()["wait_s"] == {"tune": 1.0, "eval": 1.0}
+
+
+def test_sends_are_metered_as_waiting_and_cache_hits_only_as_calls(
+    tmp_path: Path, backend: HFBackend
+) -> None:
+    meter = UsageMeter()
+    bb = MeteredBlackBox(backend, meter=meter, cache=ResponseCache(tmp_path))
+    assert meter.summary()["wait_s"] == {} and meter.summary()["call_s"] == {}
+    with torch_threads(1):
+        bb.generate(["Q: 1 + 1\nA:", "Q: 2 + 2\nA:"], max_tokens=4)
+    first = meter.summary()
+    waited, inside = first["wait_s"]["tune"], first["call_s"]["tune"]
+    assert 0 < waited <= inside  # time in the call covers the wait, plus cache and metering
+    with torch_threads(1):
+        bb.generate(["Q: 1 + 1\nA:", "Q: 2 + 2\nA:"], max_tokens=4)  # all cached
+    again = meter.summary()
+    assert again["wait_s"]["tune"] == waited  # nothing sent: no wait
+    assert again["call_s"]["tune"] > inside  # but reading the cache is in the call
+
+
+# -- the adaptive bound on requests in flight -------------------------------------------------
+
+
+def test_limiter_halves_on_429_once_per_window_and_grows_back_by_one() -> None:
+    limiter = AdaptiveLimiter(8)
+    assert (limiter.limit, limiter.epoch) == (8, 0)
+    limiter.on_throttle(0)
+    assert limiter.limit == 4
+    limiter.on_throttle(0)  # sent before the cut: that cut already answered it
+    assert limiter.limit == 4
+    for expected in (2, 1, 1):  # sent after each cut: halves again, never below 1
+        limiter.on_throttle(limiter.epoch)
+        assert limiter.limit == expected
+    assert limiter.lowest == 1 and limiter.throttles == 5
+    # additive increase: a window's worth of successes (the bound itself) adds one
+    grown = []
+    for _ in range(1 + 2 + 3 + 4 + 5 + 6 + 7):
+        limiter.on_success()
+        grown.append(limiter.limit)
+    assert grown[0] == 2 and grown[2] == 3 and grown[5] == 4 and grown[-1] == 8
+    for _ in range(20):
+        limiter.on_success()
+    assert limiter.limit == 8  # never above the ceiling
+    assert list(limiter.history) == [8, 4, 2, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_a_429_restarts_the_run_of_successes() -> None:
+    limiter = AdaptiveLimiter(4)
+    limiter.on_throttle(0)
+    assert limiter.limit == 2
+    limiter.on_success()
+    limiter.on_throttle(0)  # a stale 429: no cut, but the run starts over
+    limiter.on_success()
+    assert limiter.limit == 2
+    limiter.on_success()
+    assert limiter.limit == 3
+
+
+def test_limiter_rejects_a_ceiling_below_one() -> None:
+    with pytest.raises(BenchError, match="ceiling must be >= 1"):
+        AdaptiveLimiter(0)
+
+
+def test_slots_keep_requests_in_flight_under_the_bound() -> None:
+    limiter = AdaptiveLimiter(6)
+    limiter.on_throttle(0)  # bound 3
+    seen: list[tuple[int, int]] = []  # (in flight, bound) as each attempt starts
+
+    async def attempt(i: int) -> int:
+        async with limiter.slot():
+            seen.append((limiter.in_flight, limiter.limit))
+            await asyncio.sleep(0.001)
+        return i
+
+    async def burst() -> list[int]:
+        return list(await asyncio.gather(*(attempt(i) for i in range(40))))
+
+    assert asyncio.run(burst()) == list(range(40))
+    assert all(flying <= bound for flying, bound in seen)
+    assert seen[:3] == [(1, 3), (2, 3), (3, 3)]  # the first wave: three, not six
+    assert max(flying for flying, _ in seen) == 6  # 40 successes grew it back to the ceiling
+    assert limiter.in_flight == 0 and limiter.limit == 6
+
+
+@pytest.fixture(scope="module")
+def throttling_server(tiny_model: Path) -> Iterator[ServerHandle]:
+    spec = FaultSpec(0.25, seed=11, kinds=("429",))
+    with torch_threads(1), start_server(tiny_model, model_name="tiny", faults=spec) as handle:
+        yield handle
+
+
+def test_the_bound_drops_on_429s_recovers_and_loses_nothing(
+    throttling_server: ServerHandle, tiny_server: ServerHandle
+) -> None:
+    requests = [GenerateRequest(prompt=f"Q: {i} + {i}\nA:", max_tokens=4) for i in range(96)]
+    clean = OpenAIBackend("tiny", base_url=tiny_server.base_url, api="completions")
+    throttled = OpenAIBackend(
+        "tiny",
+        base_url=throttling_server.base_url,
+        api="completions",
+        concurrency=8,
+        max_retries=30,
+        backoff_s=0.005,
+    )
+    try:
+        expected = [r.value[0].text for r in clean.generate_batch(requests)]
+        results = throttled.generate_batch(requests)
+    finally:
+        clean.close()
+        throttled.close()
+    stats = httpx.get(throttling_server.base_url + STATS_PATH.removeprefix("/v1")).json()
+    injected = stats["injected"].get("429", 0)
+    assert injected > 0
+    # no request lost: every one answered, as without faults, one retry per 429 it met
+    assert [r.value[0].text for r in results] == expected
+    assert sum(r.retries for r in results) == injected == throttled.limiter.throttles
+    limiter = throttled.limiter
+    history = list(limiter.history)
+    assert limiter.lowest < 8  # the bound dropped ...
+    low = history.index(limiter.lowest)
+    assert max(history[low:]) > limiter.lowest  # ... and grew back
+    assert limiter.in_flight == 0 and limiter.limit <= limiter.ceiling == 8
+
+
+# -- several prompts per request (completions API, a server that takes lists) ------------------
+
+
+def test_prompt_lists_give_the_answers_and_usage_of_single_requests(
+    tiny_server: ServerHandle,
+) -> None:
+    requests = [
+        GenerateRequest(prompt=f"Q: {i} * 3\nA:", max_tokens=3 + i % 2, logprobs=2)
+        for i in range(37)
+    ]
+    scores = [ScoreRequest(f"Q: {i} * 3\nA:", f" {3 * i}") for i in range(20)]
+    single = OpenAIBackend("tiny", base_url=tiny_server.base_url, api="completions")
+    listed = OpenAIBackend("tiny", base_url=tiny_server.base_url, api="completions")
+    try:
+        listed.check_ready()  # reads prompt_lists from the server's model card
+        assert listed.prompt_lists and not single.prompt_lists
+        chunks = listed._chunks(requests, lambda r: r.max_tokens)
+        assert len(chunks) == 4 and max(len(c) for c in chunks) == 16  # 19 + 18 prompts
+        one, many = single.generate_batch(requests), listed.generate_batch(requests)
+        s_one, s_many = single.score_batch(scores), listed.score_batch(scores)
+    finally:
+        single.close()
+        listed.close()
+    # the same tokens; logprobs agree to float noise (rows ran in other batch shapes)
+    assert [[(c.text, c.tokens) for c in r.value] for r in many] == [
+        [(c.text, c.tokens) for c in r.value] for r in one
+    ]
+    for a, b in zip(many, one, strict=True):
+        np.testing.assert_allclose(a.value[0].token_logprobs, b.value[0].token_logprobs, atol=1e-5)
+    assert [(r.prompt_tokens, r.completion_tokens) for r in many] == [
+        (r.prompt_tokens, r.completion_tokens) for r in one
+    ]
+    assert [r.value.tokens for r in s_many] == [r.value.tokens for r in s_one]
+    for a, b in zip(s_many, s_one, strict=True):
+        np.testing.assert_allclose(a.value.token_logprobs, b.value.token_logprobs, atol=1e-5)
+    assert [r.prompt_tokens for r in s_many] == [r.prompt_tokens for r in s_one]
+
+
+def test_prompt_lists_survive_429s_and_count_each_retry_once(
+    throttling_server: ServerHandle, tiny_server: ServerHandle
+) -> None:
+    requests = [GenerateRequest(prompt=f"Q: {i} - 1\nA:", max_tokens=3) for i in range(64)]
+    clean = OpenAIBackend("tiny", base_url=tiny_server.base_url, api="completions")
+    listed = OpenAIBackend(
+        "tiny",
+        base_url=throttling_server.base_url,
+        api="completions",
+        max_retries=30,
+        backoff_s=0.005,
+    )
+    before = httpx.get(throttling_server.base_url + STATS_PATH.removeprefix("/v1")).json()
+    try:
+        listed.check_ready()
+        expected = [r.value[0].text for r in clean.generate_batch(requests)]
+        results = listed.generate_batch(requests)
+    finally:
+        clean.close()
+        listed.close()
+    after = httpx.get(throttling_server.base_url + STATS_PATH.removeprefix("/v1")).json()
+    injected = after["injected"].get("429", 0) - before["injected"].get("429", 0)
+    assert after["requests"] - before["requests"] == 4 + injected  # 4 lists of 16, and retries
+    assert [r.value[0].text for r in results] == expected
+    assert sum(r.retries for r in results) == injected

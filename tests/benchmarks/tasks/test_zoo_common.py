@@ -136,7 +136,8 @@ def test_every_style_completion_parses(task: ZooTask) -> None:
 
 def test_instructions_default_not_best(task: ZooTask) -> None:
     space = task.space
-    assert 4 <= len(task.instructions) <= 8 and task.instructions == space.handwritten
+    assert 4 <= len(task.instructions) <= 8 and task.instructions == space.instructions
+    assert set(task.instructions) >= set(space.handwritten)
     qualities = [space.quality(text) for text in task.instructions]
     assert qualities[0] < max(qualities) == 1.0
     assert 0.0 < qualities[0] < 1.0  # the default mixes styles
@@ -305,6 +306,28 @@ def test_instruction_space_composition() -> None:
             none_mix={"a": 1, "b": 1},
             score_range=(0.0, 100.0),
         )
+
+
+def test_instruction_space_default_is_neutral_and_first() -> None:
+    kwargs: dict = dict(
+        styles=("a", "b"),
+        best="a",
+        explicit={"a": ("Do a .",), "b": ("Do b .",)},
+        neutral={"Hello .": {"a": 1, "b": 3}, "Hi .": {"a": 3, "b": 1}},
+        handwritten=("Hello .", "Hello . Do a .", "Do b ."),
+        none_mix={"a": 1, "b": 1},
+        score_range=(0.0, 100.0),
+    )
+    assert InstructionSpace(**kwargs).instructions == kwargs["handwritten"]
+    space = InstructionSpace(**kwargs, default="Hi . Hello .")
+    assert space.instructions == ("Hi . Hello .", *kwargs["handwritten"])
+    assert space.handwritten == kwargs["handwritten"]  # the training corpus is unchanged
+    moved = InstructionSpace(**kwargs, default="Hello .")
+    assert moved.instructions == kwargs["handwritten"]  # no duplicate when already written
+    with pytest.raises(ValueError, match="names a style"):
+        InstructionSpace(**kwargs, default="Hello . Do b .")
+    with pytest.raises(ValueError, match="unknown phrases"):
+        InstructionSpace(**kwargs, default="Greetings .")
 
 
 def test_world_names_distinct_and_stable() -> None:

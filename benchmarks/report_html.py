@@ -1,0 +1,339 @@
+"""The report as static HTML: ``index.html`` and one page per cell, self-contained.
+
+Tables sort when a header is clicked (a few lines of inline JavaScript: numbers by value,
+text alphabetically, n/a always last, ties in the original order); the plots are the SVG
+files beside the page; every seed of a row links to its cell's page, which lists the
+predictions the run stored. Nothing is loaded from the network when a page is viewed, and
+every value from the results is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from benchmarks.metering import total_tokens
+from benchmarks.report import (
+    FLAVOUR,
+    NOTES,
+    Report,
+    ReportCell,
+    Row,
+    Section,
+    compute_seconds,
+    format_accuracy,
+    format_compute,
+    format_gain,
+    slug,
+)
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; text-align: left;
+         vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.sortable th { cursor: pointer; background: #f2f2f2; user-select: none; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+td.na { color: #777; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; }
+figure img { max-width: 640px; width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 12px; color: #555; }
+pre.output { white-space: pre-wrap; margin: 0; font-size: 12px; max-width: 60em; }
+p.note { color: #444; max-width: 70em; }
+"""
+
+#: click a header to sort its table; values come from data-sort when present.
+_SORT_JS = """
+(() => {
+  const key = (cell) =>
+    cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent.trim();
+  for (const table of document.querySelectorAll("table.sortable")) {
+    const heads = Array.from(table.tHead.rows[0].cells);
+    Array.from(table.tBodies[0].rows).forEach((row, i) => { row.dataset.order = i; });
+    heads.forEach((th, col) => {
+      const sort = () => {
+        const dir = th.getAttribute("aria-sort") === "ascending" ? "descending" : "ascending";
+        heads.forEach((h) => h.removeAttribute("aria-sort"));
+        th.setAttribute("aria-sort", dir);
+        const sign = dir === "ascending" ? 1 : -1;
+        const numeric = th.dataset.type === "number";
+        const body = table.tBodies[0];
+        const rows = Array.from(body.rows);
+        rows.sort((a, b) => {
+          const x = key(a.cells[col]), y = key(b.cells[col]);
+          if (x === "" || y === "") return (x === "") - (y === "");  // n/a last either way
+          const c = numeric ? Number(x) - Number(y) : x.localeCompare(y);
+          return sign * c || a.dataset.order - b.dataset.order;
+        });
+        body.append(...rows);
+      };
+      th.tabIndex = 0;
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", (e) => { if (e.key === "Enter") sort(); });
+    });
+  }
+})();
+"""
+
+
+def _page(title: str, body: list[str]) -> str:
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<link rel="icon" href="data:,">',  # no favicon request
+            f"<title>{escape(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head>",
+            "<body>",
+            *body,
+            f"<script>{_SORT_JS}</script>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def _td(
+    text: str, sort: float | str | None = None, *, num: bool = False, html: bool = False
+) -> str:
+    """A cell; ``sort`` is its sort key ("" sorts last: n/a)."""
+    attrs = []
+    if num:
+        attrs.append('class="num"')
+    if sort is not None:
+        attrs.append(f'data-sort="{escape(str(sort))}"')
+    inner = text if html else escape(text)
+    return f"<td{' ' if attrs else ''}{' '.join(attrs)}>{inner}</td>"
+
+
+def _th(label: str, kind: str = "number") -> str:
+    return f'<th data-type="{kind}" scope="col">{escape(label)}</th>'
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return _td(
+        "n/a" if value is None else format(value, fmt), "" if value is None else value, num=True
+    )
+
+
+def _money(value: float | None) -> str:
+    return _td(
+        "n/a" if value is None else f"${value:.4f}", "" if value is None else value, num=True
+    )
+
+
+def _seed_links(row: Row) -> str:
+    links = []
+    for cell in row.cells:
+        label = f"s{cell.record.seed}"
+        if cell.run_id and len({c.run_id for c in row.cells}) > 1:
+            label += f" ({cell.run_id})"
+        if cell.record.status != "ok":
+            label += f" ({cell.record.status})"
+        links.append(f'<a href="cells/{escape(cell.key)}.html">{escape(label)}</a>')
+    return " ".join(links)
+
+
+def _leaderboard(section: Section, report: Report) -> list[str]:
+    heads = [_th("method", "text"), _th("needs", "text")]
+    if section.overall:
+        heads.append(_th("tasks"))
+    heads += [_th("accuracy (mean ± std)"), _th("gain vs zero-shot [95% CI]")]
+    if not section.overall:
+        heads.append(_th("seeds"))
+    sums = " (sum)" if section.overall else ""
+    heads += [
+        _th("tune tokens" + sums),
+        _th("tune $" + sums),
+        _th("eval tokens / 1k ex"),
+        _th("eval $ / 1k ex"),
+        _th("compute s" + sums),
+    ]
+    out = [
+        f'<table class="sortable" id="leaderboard-{escape(section.anchor)}">',
+        f"<thead><tr>{''.join(heads)}</tr></thead>",
+        "<tbody>",
+    ]
+    anchors = {s.name: s.anchor for s in report.sections if not s.overall}
+    for row in section.rows:
+        cells = [_td(row.method), _td(row.needs)]
+        if section.overall:
+            tasks = sorted({c.record.task for c in row.cells})
+            links = " ".join(f'<a href="#{escape(anchors[t])}">{escape(t)}</a>' for t in tasks)
+            done = int(row.tasks.split("/")[0]) if row.tasks else 0
+            cells.append(_td(f"{escape(row.tasks)} <small>{links}</small>", done, html=True))
+        if not row.ok:
+            cells.append(f'<td class="na" data-sort="">{escape(row.status)}</td>')
+            cells.append(_td("", ""))
+            if not section.overall:
+                cells.append(_td(_seed_links(row), "", html=True))
+            cells += [_td("", "")] * 5
+        else:
+            cells.append(_td(format_accuracy(row), row.accuracy, num=True))
+            cells.append(_td(format_gain(row), "" if row.gain is None else row.gain, num=True))
+            if not section.overall:
+                seeds = f"{row.seeds}" + (f" (+{row.stopped})" if row.stopped else "")
+                cells.append(_td(f"{escape(seeds)}: {_seed_links(row)}", row.seeds, html=True))
+            cells += [
+                _num(row.tune_tokens, ",.0f"),
+                _money(row.tune_usd),
+                _num(row.eval_tokens_per_1k, ",.0f"),
+                _money(row.eval_usd_per_1k),
+                _td(format_compute(row), row.compute_s, num=True),
+            ]
+        out.append(f'<tr data-method="{escape(row.method)}">{"".join(cells)}</tr>')
+    out += ["</tbody>", "</table>"]
+    return out
+
+
+def _ratios(section: Section, report: Report) -> list[str]:
+    ref = escape(report.cost_reference)
+    out = [
+        f"<p>Cost relative to <code>{ref}</code> (method ÷ {ref}; dollars when both are "
+        "priced, tokens otherwise):</p>",
+        f'<table class="sortable" id="ratios-{escape(section.anchor)}">',
+        "<thead><tr>"
+        + _th("method", "text")
+        + _th(f"tuning cost ÷ {report.cost_reference}")
+        + _th(f"inference cost ÷ {report.cost_reference}")
+        + "</tr></thead>",
+        "<tbody>",
+    ]
+    for r in section.ratios:
+        out.append(
+            f'<tr data-method="{escape(r.method)}">'
+            + _td(r.method)
+            + _td(r.tune_text, "" if r.tune is None else r.tune, num=True)
+            + _td(r.eval_text, "" if r.eval is None else r.eval, num=True)
+            + "</tr>"
+        )
+    out += ["</tbody>", "</table>"]
+    return out
+
+
+def _plots(section: Section, report: Report) -> list[str]:
+    if not section.plots:
+        if section.overall and len(report.sections) == 2:
+            return ["<p>One task: its plots are below.</p>"]
+        return ["<p>No finished cells to plot.</p>"]
+    out = ['<div class="plots">']
+    for plot in section.plots:
+        stem = escape(plot.stem)
+        out.append(
+            f'<figure><img src="{stem}.svg" alt="{escape(plot.title)}" loading="eager">'
+            f'<figcaption>{escape(plot.title)} (<a href="{stem}.png">PNG</a>)</figcaption>'
+            "</figure>"
+        )
+    out.append("</div>")
+    return out
+
+
+def render_index(report: Report) -> str:
+    """``index.html``: every section's leaderboard, cost ratios and plots."""
+    body = [f"<h1>{escape(report.title)}</h1>"]
+    body += [f'<p class="note">{_code(escape(note))}</p>' for note in NOTES]
+    nav = " · ".join(
+        f'<a href="#{escape(s.anchor)}">{escape("Overall" if s.overall else s.name)}</a>'
+        for s in report.sections
+    )
+    body.append(f"<nav>{nav}</nav>")
+    for section in report.sections:
+        heading = "Overall" if section.overall else section.name
+        body += [f'<section id="{escape(section.anchor)}">', f"<h2>{escape(heading)}</h2>"]
+        body += _leaderboard(section, report)
+        body += _ratios(section, report)
+        body += _plots(section, report)
+        body.append("</section>")
+    return _page(report.title, body)
+
+
+def _code(text: str) -> str:
+    """Markdown's `code` spans as <code> (in already escaped text)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def render_cell_page(cell: ReportCell, report: Report) -> str:
+    """``cells/<key>.html``: the cell's record and its stored predictions."""
+    r = cell.record
+    seconds, device = compute_seconds(r)
+    facts: list[tuple[str, str]] = [
+        ("run", cell.run_id),
+        ("method", r.method),
+        ("task", r.task),
+        ("backend", r.backend),
+        ("model", r.model),
+        ("seed", str(r.seed)),
+        ("budget", r.budget),
+        ("status", r.status),
+        ("reason", r.reason or ""),
+        ("accuracy", "n/a" if r.accuracy is None else f"{r.accuracy:.4f}"),
+        ("examples evaluated", str(r.n_eval)),
+        ("variant", r.variant or ""),
+        ("tuning tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'tune'):,}"),
+        ("inference tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'eval'):,}"),
+        ("compute s", f"{seconds:.2f} ({device})"),
+    ]
+    back = f"../index.html#task-{slug(r.task)}"
+    body = [
+        f"<h1>{escape(r.cell_id)}</h1>",
+        f'<p><a href="{escape(back)}">Back to the leaderboard</a></p>',
+        '<table class="facts"><tbody>',
+        *(f'<tr><th scope="row">{escape(k)}</th><td>{escape(v)}</td></tr>' for k, v in facts if v),
+        "</tbody></table>",
+        "<details><summary>hyperparameters</summary><pre>"
+        + escape(json.dumps(r.hyperparameters, indent=2, sort_keys=True, ensure_ascii=False))
+        + "</pre></details>",
+    ]
+    body += _predictions(cell.predictions, r.status)
+    return _page(f"{r.cell_id} ({report.title})", body)
+
+
+def _predictions(predictions: Sequence[dict[str, Any]], status: str) -> list[str]:
+    if not predictions:
+        return [f"<p>No predictions stored for this cell (status: {escape(status)}).</p>"]
+    out = [
+        f"<h2>Predictions ({len(predictions)})</h2>",
+        '<table class="sortable" id="predictions">',
+        "<thead><tr>"
+        + _th("#")
+        + _th("id", "text")
+        + _th("score")
+        + _th("answer", "text")
+        + _th("target", "text")
+        + _th("output", "text")
+        + "</tr></thead>",
+        "<tbody>",
+    ]
+    for i, p in enumerate(predictions, 1):
+        score = p.get("score")
+        numeric = isinstance(score, (int, float))
+        out.append(
+            "<tr>"
+            + _td(str(i), i, num=True)
+            + _td(_text(p.get("id")))
+            + _td(_text(score), score if numeric else "", num=True)
+            + _td(_text(p.get("answer")))
+            + _td(_text(p.get("target")))
+            + _td(f'<pre class="output">{escape(_text(p.get("output")))}</pre>', html=True)
+            + "</tr>"
+        )
+    out += ["</tbody>", "</table>"]
+    return out

@@ -1,0 +1,422 @@
+"""`bench report`: the gain interval (a paired bootstrap), the overall table's arithmetic, cost
+ratios against a reference method, the files it writes (Markdown, HTML, cell pages, plots),
+byte-for-byte reproducibility, and a report from a real run on the tiny backend."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.plots import Point, pareto_front
+from benchmarks.report import (
+    ReportCell,
+    bootstrap_gain,
+    build_report,
+    collect_cells,
+    cost_ratios,
+    interval,
+    leaderboard_rows,
+    overall_rows,
+    write_report,
+)
+from benchmarks.results import CellRecord, RunStore, cell_id
+from benchmarks.server import ServerHandle
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _usage(
+    tune: int = 0,
+    eval_: int = 0,
+    *,
+    tune_usd: float | None = None,
+    eval_usd: float | None = None,
+    compute: float = 0.0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """A `metering.summarize`-shaped usage block."""
+
+    def phase(tokens: int, usd: float | None) -> dict[str, Any]:
+        if not tokens:
+            return {}
+        return {
+            "task": {
+                "calls": 1,
+                "prompt_tokens": tokens,
+                "completion_tokens": 0,
+                "tokens": tokens,
+                "retries": 0,
+                "usd": usd,
+            }
+        }
+
+    flavour = {"tune": phase(tune, tune_usd), "eval": phase(eval_, eval_usd)}
+    block = {"seconds": compute, "wall_s": compute, "device": device, "peak_mem_mb": 1.0}
+    return {
+        "billed": flavour,
+        "idealized": flavour,
+        "compute": {"tune": {**block, "blocks": []}} if compute else {},
+    }
+
+
+def _cell(
+    method: str,
+    task: str,
+    seed: int,
+    scores: list[float] | None,
+    *,
+    status: str = "ok",
+    reason: str | None = None,
+    **usage: Any,
+) -> tuple[CellRecord, list[dict[str, Any]]]:
+    """A record and its predictions (example ids e0, e1, ... with the given scores)."""
+    preds = [
+        {"id": f"e{i}", "output": f"out {i}", "answer": "a", "target": "a", "score": s}
+        for i, s in enumerate(scores or [])
+    ]
+    record = CellRecord(
+        cell_id=cell_id(method, task, "b", "m", seed),
+        method=method,
+        task=task,
+        backend="b",
+        model="m",
+        seed=seed,
+        budget="light",
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        requires=["generate"],
+        accuracy=statistics.fmean(scores) if scores and status == "ok" else None,
+        n_eval=len(scores or []),
+        usage=_usage(**usage) if status != "refused" else {},
+    )
+    return record, preds
+
+
+def _store(root: Path, cells: list[tuple[CellRecord, list[dict[str, Any]]]]) -> RunStore:
+    store = RunStore(root)
+    store.write_spec({"run_id": root.name})
+    for record, preds in cells:
+        store.write_cell(record, preds)
+    return store
+
+
+def _grid() -> list[tuple[CellRecord, list[dict[str, Any]]]]:
+    """Two tasks, two seeds; bbox and aligner costs in the paper's proportions on t1."""
+    ten = [1.0] * 5 + [0.0] * 5
+    better = [1.0] * 8 + [0.0] * 2
+    seven = [1.0] * 7 + [0.0] * 3
+    cells = []
+    for seed in (0, 1):
+        cells += [
+            _cell("zero-shot", "t1", seed, ten, eval_=1000),
+            _cell("few-shot", "t1", seed, better if seed == 0 else seven, eval_=4000),
+            _cell("bbox", "t1", seed, better, tune=1000, eval_=2000, compute=2.0),
+            _cell("aligner", "t1", seed, ten, tune=31_300, eval_=3680, compute=8.0),
+            _cell("zero-shot", "t2", seed, [0.0] * 10, eval_=500),
+            _cell("few-shot", "t2", seed, [1.0] * 2 + [0.0] * 8, eval_=3000),
+            _cell("bbox", "t2", seed, None, status="refused", reason="needs generate_n"),
+            _cell("aligner", "t2", seed, None, status="failed", reason="boom"),
+        ]
+    return cells
+
+
+# -- the gain interval ----------------------------------------------------------------------------
+
+
+def _scores(values: list[float]) -> dict[str, float]:
+    return {f"e{i}": v for i, v in enumerate(values)}
+
+
+def test_bootstrap_of_a_sure_gain_is_a_point() -> None:
+    reps = bootstrap_gain([_scores([1.0] * 12)], [_scores([0.0] * 12)], replicates=500)
+    assert interval(reps) == pytest.approx((1.0, 1.0))
+    same = bootstrap_gain([_scores([1, 0, 1, 0])], [_scores([1, 0, 1, 0])], replicates=500)
+    assert interval(same) == pytest.approx((0.0, 0.0))  # paired: the same examples on both sides
+
+
+def test_bootstrap_interval_covers_the_gain_and_excludes_zero_when_clear() -> None:
+    ref = [0.0] * 20
+    method = [1.0] * 12 + [0.0] * 8
+    low, high = interval(bootstrap_gain([_scores(method)], [_scores(ref)]))
+    assert 0 < low < 0.6 < high < 1
+    # Fewer examples, the same proportion: a wider interval.
+    low5, high5 = interval(bootstrap_gain([_scores([1.0] * 3 + [0.0] * 2)], [_scores([0.0] * 5)]))
+    assert high5 - low5 > high - low
+
+
+def test_bootstrap_is_paired_over_examples() -> None:
+    rng = np.random.default_rng(3)
+    ref = [float(v) for v in rng.integers(0, 2, size=40)]
+    method = list(ref)
+    for i in (0, 1, 2):  # the method fixes three examples the reference got wrong
+        if method[i] == 0:
+            method[i] = 1.0
+    low, high = interval(bootstrap_gain([_scores(method)], [_scores(ref)]))
+    shuffled = {f"e{i}": v for i, v in zip(rng.permutation(40), ref, strict=True)}
+    low_u, high_u = interval(bootstrap_gain([_scores(method)], [shuffled]))
+    # Pairing takes the examples' own difficulty out of the spread.
+    assert low >= 0 and high - low < (high_u - low_u) / 2
+
+
+def test_bootstrap_over_seeds_widens_only_when_seeds_differ() -> None:
+    ref = [_scores([0.0] * 10)]
+    one = bootstrap_gain([_scores([1.0] * 5 + [0.0] * 5)], ref, seed=7)
+    twins = bootstrap_gain([_scores([1.0] * 5 + [0.0] * 5)] * 2, ref, seed=7)
+    assert np.allclose(one, twins, rtol=0, atol=1e-12)
+    apart = bootstrap_gain([_scores([1.0] * 9 + [0.0]), _scores([1.0] + [0.0] * 9)], ref, seed=7)
+    assert np.ptp(interval(apart)) > np.ptp(interval(one))
+
+
+def test_bootstrap_is_reproducible_and_refuses_disjoint_examples() -> None:
+    a, b = [_scores([1, 0, 1])], [_scores([0, 0, 1])]
+    assert np.array_equal(bootstrap_gain(a, b, seed=1), bootstrap_gain(a, b, seed=1))
+    with pytest.raises(ValueError, match="no test example"):
+        bootstrap_gain(a, [{"other": 1.0}])
+    with pytest.raises(ValueError, match="no seeds"):
+        bootstrap_gain([], b)
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def _cells(tmp_path: Path) -> list[ReportCell]:
+    return collect_cells([_store(tmp_path / "run", _grid())])
+
+
+def test_task_rows(tmp_path: Path) -> None:
+    rows = {r.method: r for r in leaderboard_rows(_cells(tmp_path))["t1"]}
+    few = rows["few-shot"]
+    assert few.accuracy == pytest.approx(0.75) and few.std == pytest.approx(0.0707, abs=1e-4)
+    assert few.gain == pytest.approx(0.25)
+    assert few.gain_ci is not None and few.gain_ci[0] < 0.25 < few.gain_ci[1]
+    assert rows["zero-shot"].gain == 0 and rows["zero-shot"].gain_ci == (0.0, 0.0)
+    assert few.eval_tokens_per_1k == pytest.approx(400_000)  # 4000 tokens / 10 examples
+    assert rows["bbox"].compute_s == 2.0 and rows["bbox"].compute_device == "CPU"
+    t2 = {r.method: r for r in leaderboard_rows(_cells(tmp_path))["t2"]}
+    assert t2["bbox"].status == "n/a (needs generate_n)"
+    assert t2["aligner"].status == "failed (2 of 2 seeds)"
+
+
+def test_records_without_predictions_have_no_interval(tmp_path: Path) -> None:
+    records = [c.record for c in _cells(tmp_path)]
+    few = next(r for r in leaderboard_rows(records)["t1"] if r.method == "few-shot")
+    assert few.gain == pytest.approx(0.25) and few.gain_ci is None
+    assert few.ci_note == "no stored predictions"
+
+
+def test_overall_arithmetic(tmp_path: Path) -> None:
+    by_task = leaderboard_rows(_cells(tmp_path))
+    rows = {r.method: r for r in overall_rows(by_task)}
+    few = rows["few-shot"]
+    assert few.tasks == "2/2"
+    assert few.accuracy == pytest.approx((0.75 + 0.2) / 2)  # mean over tasks
+    assert few.gain == pytest.approx((0.25 + 0.2) / 2)
+    # std over seeds of the per-seed mean over tasks: seed 0 (0.8+0.2)/2, seed 1 (0.7+0.2)/2
+    assert few.std == pytest.approx(statistics.stdev([0.5, 0.45]))
+    assert few.eval_tokens_per_1k == pytest.approx((400_000 + 300_000) / 2)  # mean
+    assert few.gain_ci is not None and few.gain_ci[0] <= few.gain <= few.gain_ci[1]
+    bbox = rows["bbox"]
+    assert bbox.tasks == "1/2" and bbox.accuracy == pytest.approx(0.8)
+    assert bbox.tune_tokens == 1000 and bbox.compute_s == 2.0  # summed over finished tasks
+    assert rows["aligner"].tasks == "1/2"
+
+
+def test_cost_ratios_in_the_bbox_paper_form(tmp_path: Path) -> None:
+    t1 = leaderboard_rows(_cells(tmp_path))["t1"]
+    ratios = {r.method: r for r in cost_ratios(t1, "bbox")}
+    assert ratios["aligner"].tune == pytest.approx(31.30)
+    assert ratios["aligner"].tune_text == "31.30x (tokens)"
+    assert ratios["aligner"].eval_text == "1.84x (tokens)"
+    assert ratios["bbox"].tune_text == "1.00x (tokens)"
+    assert ratios["zero-shot"].tune == 0.0
+    # The reference spent nothing: no ratio, and why.
+    assert cost_ratios(t1, "zero-shot")[0].tune_text == "n/a (zero-shot spent 0 tuning tokens)"
+    t2 = leaderboard_rows(_cells(tmp_path))["t2"]
+    assert {r.tune_text for r in cost_ratios(t2, "bbox")} == {"n/a (bbox: needs generate_n)"}
+    assert cost_ratios(t1, "opro")[0].eval_text == "n/a (opro not in this table)"
+
+
+def test_cost_ratios_use_dollars_when_priced(tmp_path: Path) -> None:
+    cells = [
+        _cell("bbox", "t", 0, [1.0], tune=1000, eval_=100, tune_usd=2.0, eval_usd=0.5),
+        _cell("aligner", "t", 0, [1.0], tune=1000, eval_=100, tune_usd=6.0, eval_usd=None),
+    ]
+    rows = leaderboard_rows(collect_cells([_store(tmp_path / "r", cells)]))["t"]
+    aligner = next(r for r in cost_ratios(rows, "bbox") if r.method == "aligner")
+    assert aligner.tune_text == "3.00x ($)"  # both priced: dollars
+    assert aligner.eval_text == "1.00x (tokens)"  # aligner's inference is unpriced: tokens
+
+
+def test_pareto_front() -> None:
+    points = [
+        Point("free", 0, 0.3),
+        Point("cheap", 10, 0.5),
+        Point("worse", 20, 0.4),  # dominated by cheap
+        Point("best", 100, 0.9),
+        Point("tie", 100, 0.9),
+        Point("costly", 200, 0.9),  # dominated by best
+    ]
+    assert [points[i].label for i in pareto_front(points)] == ["free", "cheap", "best", "tie"]
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for name in ("href", "src"):
+            if values.get(name):
+                self.refs.append(str(values[name]))
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+
+
+def _check_links(page: Path) -> _Links:
+    """Every href/src of ``page`` is a file inside the report or an anchor on the page."""
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    for ref in parser.refs:
+        assert not re.match(r"[a-z]+://", ref) or ref.startswith("data:"), ref
+        if ref.startswith("data:"):
+            continue
+        path, _, anchor = ref.partition("#")
+        if path:
+            assert (page.parent / path).is_file(), f"{page.name}: broken link {ref}"
+        elif anchor:
+            assert anchor in parser.ids, f"{page.name}: no #{anchor}"
+    return parser
+
+
+def test_write_report_files(tmp_path: Path) -> None:
+    cells = _grid()
+    cells.append(
+        _cell("few-shot", "t3", 0, [1.0], eval_=10)  # an output that must be escaped
+    )
+    cells[-1][1][0]["output"] = "<script>alert(1)</script>"
+    cells.append(_cell("zero-shot", "t3", 0, [0.0], eval_=10))
+    store = _store(tmp_path / "run", cells)
+    out = tmp_path / "reports"
+    (out / "cells").mkdir(parents=True)
+    (out / "cells" / "stale.html").write_text("old")
+    files = write_report([store], out, cost_reference="bbox")
+    assert not (out / "cells" / "stale.html").exists()
+    md = files.markdown.read_text()
+    assert md.startswith("# Leaderboard: run")
+    for heading in ("## Overall", "## t1", "## t2", "## t3"):
+        assert heading in md
+    assert "| bbox | generate | n/a (needs generate_n) |" in md
+    assert "31.30x (tokens)" in md and "1.84x (tokens)" in md
+    assert re.search(r"\| few-shot \| generate \| 0\.750 ± 0\.071 \| \+0\.250 \[[-+]", md)
+    assert "![t1: accuracy vs tuning cost" in md
+    # One page per cell, named by cell id, listing its stored predictions.
+    assert len(files.cell_pages) == len(cells)
+    page = out / "cells" / f"{cell_id('few-shot', 't1', 'b', 'm', 0)}.html"
+    text = page.read_text()
+    assert text.count('<tr><td class="num" data-sort=') == 10
+    assert "out 7" in text
+    escaped = (out / "cells" / f"{cell_id('few-shot', 't3', 'b', 'm', 0)}.html").read_text()
+    assert "<script>alert(1)</script>" not in escaped
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in escaped
+    # Plots: PNG and SVG of four kinds per section (t3 has one method besides zero-shot).
+    names = {p.name for p in files.plots}
+    for kind in ("tuning", "inference", "compute", "gain"):
+        assert f"task-t1-{kind}.svg" in names and f"all-tasks-{kind}.png" in names
+    assert all(p.stat().st_size > 1000 for p in files.plots)
+    # Self-contained: every link and image resolves inside reports/.
+    index = _check_links(files.html)
+    assert {"overall", "task-t1", "task-t2", "task-t3"} <= index.ids
+    assert sum(r.startswith("cells/") for r in index.refs) == len(cells)
+    _check_links(page)
+
+
+def _small_grid() -> list[tuple[CellRecord, list[dict[str, Any]]]]:
+    return [
+        _cell("zero-shot", "t", 0, [1.0, 0.0, 0.0], eval_=30),
+        _cell("bbox", "t", 0, [1.0, 1.0, 0.0], tune=300, eval_=60, compute=0.5),
+    ]
+
+
+def test_report_is_reproducible(tmp_path: Path) -> None:
+    store = _store(tmp_path / "run", _small_grid())
+    outputs = []
+    for name in ("a", "b"):
+        write_report([store], tmp_path / name)
+        root = tmp_path / name
+        outputs.append(
+            {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        )
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) == 2 + 2 + 4 * 2
+    for rel in outputs[0]:
+        assert outputs[0][rel] == outputs[1][rel], f"{rel} differs between two reports"
+
+
+def test_same_cell_in_two_runs_gets_two_pages(tmp_path: Path) -> None:
+    a = _store(tmp_path / "a", [_cell("zero-shot", "t", 0, [1.0, 0.0])])
+    b = _store(tmp_path / "b", [_cell("zero-shot", "t", 0, [0.0, 0.0])])
+    cells = collect_cells([a, b])
+    assert sorted(c.key for c in cells) == [
+        "a--zero-shot__t__b__m__s0",
+        "b--zero-shot__t__b__m__s0",
+    ]
+    report = build_report(cells, "x")
+    (row,) = report.sections[1].rows
+    assert row.accuracy == 0.25 and row.seeds == 2
+
+
+def test_cli_report_prints_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store(tmp_path / "results" / "r1", _small_grid())
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "results" / "r1"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'leaderboard.md'}" in printed
+    assert f"wrote {out / 'index.html'}" in printed
+    assert "plots to" in printed and "wrote 2 cell pages" in printed
+    code = main(["report", str(tmp_path / "results" / "r1"), "--out", str(out),
+                 "--cost-reference", "bboxx"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown method 'bboxx'" in err and "did you mean" in err
+    assert main(["report", str(tmp_path / "results" / "r1"), "--out", str(out),
+                 "--cost-reference", "few-shot"]) == 0  # fmt: skip
+    assert "Cost relative to `few-shot`" in (out / "leaderboard.md").read_text()
+
+
+def test_report_of_a_real_run(
+    tmp_path: Path, tiny_server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run on the tiny backend, reported: a page per cell with each stored prediction."""
+    code = main(
+        [
+            *("run", "--methods", "zero-shot,few-shot", "--tasks", "zoo-sentiment"),
+            *("--backend", "openai", "--base-url", tiny_server.base_url, "--api", "completions"),
+            *("--model", "tiny", "--seeds", "0,1", "--limit", "6"),
+            *("--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")),
+            *("--run-id", "real"),
+        ]
+    )
+    assert code == 0
+    store = RunStore(tmp_path / "results" / "real")
+    files = write_report([store], tmp_path / "reports")
+    assert len(files.cell_pages) == 4
+    for record in store.cells():
+        page = (tmp_path / "reports" / "cells" / f"{record.cell_id}.html").read_text()
+        for pred in store.predictions(record.cell_id):
+            assert f">{pred['id']}<" in page
+    md = files.markdown.read_text()
+    assert "| zero-shot | generate |" in md and "+0.000 [+0.000, +0.000]" in md
+    _check_links(files.html)
