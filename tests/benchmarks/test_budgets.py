@@ -29,6 +29,7 @@ from methods.base import (
     TuneContext,
 )
 from methods.registry import BenchError
+from tests.benchmarks.conftest import tiny_run_argv
 
 
 @dataclass(frozen=True)
@@ -134,28 +135,14 @@ def server(tiny_server: ServerHandle) -> str:
 
 def _run(tmp: Path, url: str, *extra: str, method: str = "test-overspender") -> int:
     return main(
-        [
-            "run",
-            "--methods",
-            method,
-            "--tasks",
-            "zoo-sentiment",
-            "--backend",
-            "openai",
-            "--base-url",
+        tiny_run_argv(
             url,
-            "--api",
-            "completions",
-            "--model",
-            "tiny",
-            "--results-dir",
-            str(tmp / "results"),
-            "--cache-dir",
-            str(tmp / "cache"),
-            "--run-id",
-            "b",
-            *extra,
-        ]
+            *("--results-dir", str(tmp / "results"), "--cache-dir", str(tmp / "cache")),
+            *("--run-id", "b", *extra),
+            methods=method,
+            seeds=None,  # the CLI's defaults, unless a test passes its own
+            limit=None,
+        )
     )
 
 
@@ -253,13 +240,12 @@ def test_evaluation_stopped_by_a_cap_keeps_the_finished_predictions(
     # A fresh cache: the cap must bite on calls really sent. Batches are 32 examples: the
     # second batch has room for 4 more calls; those are sent, and kept.
     code = main(
-        [
-            "run", "--methods", "test-overspender", "--tasks", "zoo-sentiment",
-            "--backend", "openai", "--base-url", server, "--api", "completions",
-            "--model", "tiny", *opts, "--max-cell-calls", "36",
+        tiny_run_argv(
+            server, *opts, "--max-cell-calls", "36",
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "c2"),
             "--run-id", "capped",
-        ]
+            methods="test-overspender", seeds=None, limit=None,
+        )
     )  # fmt: skip
     assert code == 1
     capped = RunStore(tmp_path / "results" / "capped")

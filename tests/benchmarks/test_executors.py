@@ -29,6 +29,7 @@ from benchmarks.runner import BackendSpec
 from benchmarks.server import ServerHandle
 from methods import GENERATE, BlackBoxTuner, PromptPolicy, get_method, register_method
 from methods.base import AdaptedPolicy, BlackBox, Example, TaskLike, TuneContext
+from tests.benchmarks.conftest import tiny_run_argv
 from tests.benchmarks.test_kill_resume import assert_intact
 
 
@@ -148,33 +149,15 @@ def ray_cluster() -> Iterator[Any]:
         ray.shutdown()
 
 
-def _argv(url: str, root: Path, name: str, *extra: str, methods: str = "zero-shot,few-shot"):  # type: ignore[no-untyped-def]
-    return [
-        "run",
-        "--methods",
-        methods,
-        "--tasks",
-        "zoo-sentiment",
-        "--backend",
-        "openai",
-        "--base-url",
+def _argv(
+    url: str, root: Path, name: str, *extra: str, methods: str = "zero-shot,few-shot"
+) -> list[str]:
+    return tiny_run_argv(
         url,
-        "--api",
-        "completions",
-        "--model",
-        "tiny",
-        "--seeds",
-        "0,1",
-        "--limit",
-        "6",
-        "--run-id",
-        name,
-        "--results-dir",
-        str(root / "results"),
-        "--cache-dir",
-        str(root / f"cache-{name}"),
-        *extra,
-    ]
+        *("--run-id", name, "--results-dir", str(root / "results")),
+        *("--cache-dir", str(root / f"cache-{name}"), *extra),
+        methods=methods,
+    )
 
 
 def _billed_calls(usage: dict[str, Any]) -> int:

@@ -27,6 +27,7 @@ from benchmarks.results import RunStore
 from benchmarks.server import ServerHandle, create_app, start_server
 from benchmarks.tiny import tiny_model_dir, torch_threads
 from methods.registry import BenchError
+from tests.benchmarks.conftest import tiny_run_argv
 
 FAULT_RATE = 0.2
 FAULT_SEED = 7
@@ -174,36 +175,12 @@ def servers(tiny_model: Path, tiny_server: ServerHandle) -> Iterator[tuple[str, 
 
 def _run(url: str, results: Path, cache: Path, *extra: str) -> int:
     return main(
-        [
-            "run",
-            "--methods",
-            "zero-shot,few-shot",
-            "--tasks",
-            "zoo-sentiment",
-            "--backend",
-            "openai",
-            "--base-url",
+        tiny_run_argv(
             url,
-            "--api",
-            "completions",
-            "--model",
-            "tiny",
-            "--seeds",
-            "0,1",
-            "--limit",
-            "16",
-            "--run-id",
-            "r",
-            "--results-dir",
-            str(results),
-            "--cache-dir",
-            str(cache),
-            "--request-timeout",
-            "2",
-            "--max-retries",
-            "10",
-            *extra,
-        ]
+            *("--run-id", "r", "--results-dir", str(results), "--cache-dir", str(cache)),
+            *("--request-timeout", "2", "--max-retries", "10", *extra),
+            limit=16,
+        )
     )
 
 

@@ -21,6 +21,7 @@ from benchmarks.cli import main
 from benchmarks.results import LOCK_NAME, RunStore
 from benchmarks.server import ServerHandle, start_server
 from benchmarks.tiny import torch_threads
+from tests.benchmarks.conftest import tiny_run_argv
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_SEED = 8
@@ -37,31 +38,12 @@ def server(tiny_server: ServerHandle) -> ServerHandle:
 
 
 def _argv(url: str, results: Path, cache: Path, *, seeds: str, limit: int) -> list[str]:
-    return [
-        "run",
-        "--methods",
-        "zero-shot,few-shot",
-        "--tasks",
-        "zoo-sentiment",
-        "--backend",
-        "openai",
-        "--base-url",
+    return tiny_run_argv(
         url,
-        "--api",
-        "completions",
-        "--model",
-        "tiny",
-        "--seeds",
-        seeds,
-        "--limit",
-        str(limit),
-        "--run-id",
-        "k",
-        "--results-dir",
-        str(results),
-        "--cache-dir",
-        str(cache),
-    ]
+        *("--run-id", "k", "--results-dir", str(results), "--cache-dir", str(cache)),
+        seeds=seeds,
+        limit=limit,
+    )
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[str]:

@@ -16,6 +16,7 @@ from benchmarks.results import RunStore
 from benchmarks.server import start_server
 from benchmarks.tiny import tiny_model_dir
 from methods import PROMPT_EMBEDS, BlackBoxTuner, register_method
+from tests.benchmarks.conftest import tiny_run_argv
 
 
 @dataclass(frozen=True)
@@ -48,32 +49,11 @@ def server(model_dir: Path) -> Iterator[str]:
 
 def _run(tmp: Path, url: str, *extra: str) -> int:
     return main(
-        [
-            "run",
-            "--methods",
-            "zero-shot,few-shot",
-            "--tasks",
-            "zoo-sentiment",
-            "--backend",
-            "openai",
-            "--base-url",
+        tiny_run_argv(
             url,
-            "--api",
-            "completions",
-            "--model",
-            "tiny",
-            "--seeds",
-            "0,1",
-            "--limit",
-            "6",
-            "--budget",
-            "light",
-            "--results-dir",
-            str(tmp / "results"),
-            "--cache-dir",
-            str(tmp / "cache"),
-            *extra,
-        ]
+            *("--budget", "light", "--results-dir", str(tmp / "results")),
+            *("--cache-dir", str(tmp / "cache"), *extra),
+        )
     )
 
 
@@ -167,12 +147,15 @@ def test_task_a_method_cannot_use_is_refused_before_spending(tmp_path: Path, ser
     """BBT scores label words: on a generation task it is refused while planning (n/a), with
     the reason, before anything is spent."""
     code = main(
-        [
-            *("run", "--methods", "bbt", "--tasks", "zoo-arith", "--backend", "openai"),
-            *("--base-url", server, "--api", "completions", "--model", "tiny", "--limit", "2"),
+        tiny_run_argv(
+            server,
             *("--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")),
             *("--run-id", "x", "--capabilities", "generate,next_token_logits,prompt_embeds"),
-        ]
+            methods="bbt",
+            tasks="zoo-arith",
+            seeds=None,
+            limit=2,
+        )
     )
     assert code == 0
     (cell,) = RunStore(tmp_path / "r" / "x").cells()

@@ -22,6 +22,7 @@ from benchmarks.cli import main
 from benchmarks.results import RunStore
 from benchmarks.server import ServerHandle, start_server
 from benchmarks.tiny import torch_threads
+from tests.benchmarks.conftest import tiny_run_argv
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-bench-" + secrets.token_hex(16)
@@ -68,34 +69,12 @@ def leaky_endpoint() -> Iterator[str]:
 
 def _run(url: str, tmp: Path, run_id: str, *extra: str) -> int:
     return main(
-        [
-            "run",
-            "--methods",
-            "zero-shot,few-shot",
-            "--tasks",
-            "zoo-sentiment",
-            "--backend",
-            "openai",
-            "--base-url",
+        tiny_run_argv(
             url,
-            "--api",
-            "completions",
-            "--model",
-            "tiny",
-            "--seeds",
-            "0,1",
-            "--limit",
-            "4",
-            "--run-id",
-            run_id,
-            "--results-dir",
-            str(tmp / "results"),
-            "--cache-dir",
-            str(tmp / "cache"),
-            "--max-retries",
-            "1",
-            *extra,
-        ]
+            *("--run-id", run_id, "--results-dir", str(tmp / "results")),
+            *("--cache-dir", str(tmp / "cache"), "--max-retries", "1", *extra),
+            limit=4,
+        )
     )
 
 

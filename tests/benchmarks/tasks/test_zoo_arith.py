@@ -52,14 +52,16 @@ def test_extract(task: ZooArith) -> None:
 
 def test_target_shifted_by_proportion(task: ZooArith, source: list[Example]) -> None:
     def long_share(xs: list[Example]) -> float:
-        return sum(ex.meta["steps"] >= 4 for ex in xs) / len(xs)
+        return sum(ex.meta["steps"] >= 3 for ex in xs) / len(xs)
 
     def rare_share(xs: list[Example]) -> float:
         return sum(ex.meta["rare_sentences"] for ex in xs) / sum(ex.meta["sentences"] for ex in xs)
 
     target = task.examples("train")
-    assert 0.10 <= long_share(source) <= 0.20  # long problems are in the source, rarely
+    assert 0.40 <= long_share(source) <= 0.50  # 3+ step problems are in the source, less often
     assert long_share(target) == 1.0
+    assert {ex.meta["steps"] for ex in target} == {3, 4}
+    assert sum(ex.meta["steps"] >= 4 for ex in source) / len(source) < 0.2  # 4 steps: rare
     assert {ex.meta["steps"] for ex in source} == {1, 2, 3, 4, 5}
     assert abs(rare_share(source) - SOURCE_RARE) < 0.02
     assert abs(rare_share(target) - TARGET_RARE) < 0.05

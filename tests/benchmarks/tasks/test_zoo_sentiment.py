@@ -91,5 +91,5 @@ def test_target_domain_shift(task: ZooSentiment, source: list[Example]) -> None:
 
 def test_default_instruction_mixes_conventions(task: ZooSentiment) -> None:
     mix = task.space.style_mix(task.instructions[0])
-    assert all(0.2 < share < 0.5 for share in mix.values())
+    assert all(0.1 < share < 0.6 for share in mix.values())  # every convention, none sure
     assert task.space.style_mix("Is the review positive or negative ?")["pn"] == 1.0

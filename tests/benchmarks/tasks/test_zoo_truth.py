@@ -89,9 +89,10 @@ def test_truth_in_careful_frames_myths_in_casual(task: ZooTruth) -> None:
 
 def test_default_instruction_leans_to_the_popular_answer(task: ZooTruth) -> None:
     space = task.space
-    assert space.quality(task.instructions[0]) < 0.5
-    assert space.quality(task.instructions[1]) == 1.0
-    assert space.quality(task.instructions[2]) == 0.0
+    assert 0.0 < space.quality(task.instructions[0]) < 0.5
+    assert space.quality("Answer carefully and stick to the facts .") == 1.0
+    assert space.quality("Say what most people think .") == 0.0
+    assert {1.0, 0.0} <= {space.quality(text) for text in task.instructions}
 
 
 def test_gold_is_the_careful_answer(task: ZooTruth) -> None:
