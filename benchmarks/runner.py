@@ -598,18 +598,7 @@ class Runner:
                 {"cell": cell.cid, "traceback": self._scrub(traceback.format_exc())},
             )
             return self._failed(store, base, meter, tuner, f"{type(exc).__name__}: {exc}")
-        record = CellRecord(
-            **base,
-            status="ok",
-            accuracy=sum(r["score"] for r in rows) / len(rows),
-            n_eval=len(rows),
-            usage=meter.summary(),
-            hyperparameters=tuner.hyperparameters(),
-            variant=getattr(tuner, "variant", None),
-            wall_s=wall,
-            task_hash=task.fingerprint(),
-            provenance=provenance(),
-        )
+        record = _evaluated_record(base, meter, tuner, task, rows, wall, status="ok")
         store.write_cell(record, rows)
         self.on_event(
             "cell_done",
@@ -667,18 +656,15 @@ class Runner:
         where = (
             "tuning" if phase == "tune" else f"evaluation, {len(rows)} of {n_test} examples done"
         )
-        record = CellRecord(
-            **base,
+        record = _evaluated_record(
+            base,
+            meter,
+            tuner,
+            task,
+            rows,
+            wall,
             status="budget_exhausted",
             reason=self._scrub(f"{exc} (stopped during {where})"),
-            accuracy=sum(r["score"] for r in rows) / len(rows) if rows else None,
-            n_eval=len(rows),
-            usage=meter.summary(),
-            hyperparameters=tuner.hyperparameters(),
-            variant=getattr(tuner, "variant", None),
-            wall_s=wall,
-            task_hash=task.fingerprint(),
-            provenance=provenance(),
         )
         store.write_cell(record, rows)
         self.on_event("cell_budget_exhausted", {"cell": base["cell_id"], "reason": record.reason})
@@ -703,6 +689,31 @@ class Runner:
         store.write_cell(record)
         self.on_event("cell_failed", {"cell": base["cell_id"], "reason": record.reason})
         return record
+
+
+def _evaluated_record(
+    base: dict[str, Any],
+    meter: UsageMeter,
+    tuner: BlackBoxTuner,
+    task: Task,
+    rows: Sequence[dict[str, Any]],
+    wall: dict[str, float],
+    **fields: Any,
+) -> CellRecord:
+    """The record of a cell that reached evaluation (finished, or stopped by a cap), its
+    accuracy the mean score of the rows it has (None for none)."""
+    return CellRecord(
+        **base,
+        **fields,
+        accuracy=sum(r["score"] for r in rows) / len(rows) if rows else None,
+        n_eval=len(rows),
+        usage=meter.summary(),
+        hyperparameters=tuner.hyperparameters(),
+        variant=getattr(tuner, "variant", None),
+        wall_s=wall,
+        task_hash=task.fingerprint(),
+        provenance=provenance(),
+    )
 
 
 def _rows(

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,7 @@ from methods.contrastive_decoding import (
     plausibility_mask,
 )
 from methods.decoding import BLACK_BOX, LocalLM
-
-
-@pytest.fixture(scope="module")
-def small_dir() -> Path:
-    try:
-        return resolve_model_dir("zoo-small")
-    except BenchError:
-        pytest.skip("zoo-small weights are not present")
-
-
-class _VocabBox:
-    """A black box that only lists a vocabulary (fit makes no calls)."""
-
-    model = "vocab-box"
-    context_length = 192
-
-    def __init__(self, vocab: list[str], capabilities: Sequence[str] = ("next_token_logits",)):
-        self._vocab = vocab
-        self.capabilities = frozenset(capabilities)
-
-    def vocabulary(self) -> list[str]:
-        return self._vocab
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"fit called the black box's {name}")
-
+from tests.methods.conftest import VocabBox
 
 # Expert and amateur over four tokens. Token 2 has by far the largest contrast (0.04 vs
 # 0.001) but is below the plausibility head (0.04 < 0.1 * 0.5).
@@ -122,10 +96,10 @@ def test_policy_saves_loads_and_refuses_other_vocabularies(small_dir: Path, tmp_
     ctx = TuneContext(resolve_model=resolve_model_dir)
     with pytest.raises(BenchError, match="vocabulary differs"):
         ContrastiveDecoding().fit(
-            [], task=task, backend=_VocabBox([*vocab[:9], "??", *vocab[10:]]), context=ctx
+            [], task=task, backend=VocabBox([*vocab[:9], "??", *vocab[10:]]), context=ctx
         )
     tuner = ContrastiveDecoding.from_budget("paper")
-    policy = tuner.fit([], task=task, backend=_VocabBox(vocab), context=ctx)
+    policy = tuner.fit([], task=task, backend=VocabBox(vocab), context=ctx)
     assert tuner.variant is None
     assert isinstance(policy, ContrastiveDecodingPolicy)
     assert policy.beams() == (5, 1.0)
@@ -148,7 +122,7 @@ def test_policy_saves_loads_and_refuses_other_vocabularies(small_dir: Path, tmp_
     # O'Brien & Lewis: greedy, whole prompt; top-k logprobs only: labelled approximation
     tuner = ContrastiveDecoding(variant="obrien", top_logprobs=3)
     policy = tuner.fit(
-        [], task=task, backend=_VocabBox(vocab, ("generate", "logprobs")), context=ctx
+        [], task=task, backend=VocabBox(vocab, ("generate", "logprobs")), context=ctx
     )
     assert tuner.variant == "top-k logprobs approximation (k=3)"
     assert isinstance(policy, ContrastiveDecodingPolicy)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,7 @@ from methods.proxy_tuning import (
     proxy_scores,
     training_sequence,
 )
-
-
-@pytest.fixture(scope="module")
-def small_dir() -> Path:
-    try:
-        return resolve_model_dir("zoo-small")
-    except BenchError:
-        pytest.skip("zoo-small weights are not present")
-
-
-class _VocabBox:
-    """A black box that only lists a vocabulary (fit makes no calls)."""
-
-    model = "vocab-box"
-    context_length = 192
-
-    def __init__(self, vocab: list[str], capabilities: Sequence[str] = ("next_token_logits",)):
-        self._vocab = vocab
-        self.capabilities = frozenset(capabilities)
-
-    def vocabulary(self) -> list[str]:
-        return self._vocab
-
-    def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"fit called the black box's {name}")
+from tests.methods.conftest import VocabBox
 
 
 def test_proxy_formula_is_the_product_of_experts() -> None:
@@ -146,14 +121,14 @@ def test_fit_refuses_other_vocabularies_before_training(small_dir: Path) -> None
     other = [*vocab[:5], "zz", *vocab[6:]]
     with pytest.raises(BenchError, match="vocabulary differs"):
         ProxyTuning.from_budget("light").fit(
-            task.examples("train"), task=task, backend=_VocabBox(other), context=ctx
+            task.examples("train"), task=task, backend=VocabBox(other), context=ctx
         )
     assert events == []  # refused before fine-tuning
     with pytest.raises(BenchError, match="neither next-token distributions nor top-k"):
         ProxyTuning.from_budget("light").fit(
             task.examples("train"),
             task=task,
-            backend=_VocabBox(vocab, ("generate",)),
+            backend=VocabBox(vocab, ("generate",)),
             context=ctx,
         )
 
@@ -170,7 +145,7 @@ def test_policy_saves_and_loads(small_dir: Path, tmp_path: Path) -> None:
     policy = tuner.fit(
         task.examples("train"),
         task=task,
-        backend=_VocabBox(vocab, ("generate", "logprobs")),
+        backend=VocabBox(vocab, ("generate", "logprobs")),
         context=ctx,
     )
     assert tuner.variant == "top-k logprobs approximation (k=5)"
@@ -213,7 +188,7 @@ def test_an_off_the_shelf_expert_is_recorded_not_trained(small_dir: Path, tmp_pa
     events: list[str] = []
     ctx = TuneContext(resolve_model=resolve_model_dir, on_event=lambda e, f: events.append(e))
     policy = ProxyTuning(expert=str(small_dir)).fit(
-        [], task=task, backend=_VocabBox(vocab), context=ctx
+        [], task=task, backend=VocabBox(vocab), context=ctx
     )
     assert events == []  # nothing fine-tuned
     assert isinstance(policy, ProxyTuningPolicy) and policy.expert_dir == str(small_dir.resolve())
