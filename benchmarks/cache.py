@@ -23,6 +23,9 @@ from typing import Any
 DEFAULT_CACHE_DIR = Path(os.environ.get("BENCH_CACHE_DIR", ".bench-cache"))
 #: bump when the entry format changes; old entries are then simply not found.
 CACHE_FORMAT = 1
+#: the sub-folder of the cache root holding white-box training outcomes
+#: (`methods.artifacts.TrainingCache`), cleared and counted with the answers.
+TRAINING_DIR = "training"
 
 
 def canonical_json(obj: Any) -> str:
@@ -85,18 +88,22 @@ class ResponseCache:
             raise
 
     def stats(self) -> CacheStats:
+        """Answers and training outcomes: entries and bytes on disk."""
         entries = size = 0
         if self.root.is_dir():
             for path in self.root.glob("*/*.json"):
                 entries += 1
                 size += path.stat().st_size
+            for entry in (self.root / TRAINING_DIR).glob("*/*/entry.json"):
+                entries += 1
+                size += sum(p.stat().st_size for p in entry.parent.iterdir())
         return CacheStats(entries, size, self.root)
 
     def clear(self) -> int:
-        """Remove every entry; returns how many there were."""
+        """Remove every entry (answers and training outcomes); returns how many there were."""
         n = self.stats().entries
         if self.root.is_dir():
             for sub in self.root.iterdir():
-                if sub.is_dir() and len(sub.name) == 2:
+                if sub.is_dir() and (len(sub.name) == 2 or sub.name == TRAINING_DIR):
                     shutil.rmtree(sub, ignore_errors=True)
         return n

@@ -218,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=None,
         metavar="SECONDS",
-        help="seconds before one attempt of a call times out and is retried (default 60)",
+        help=(
+            "seconds before one attempt of a call times out and is retried "
+            "(default 60; 300 for the zoo backend, which shares the machine)"
+        ),
     )
     run.add_argument(
         "--max-retries",

@@ -69,6 +69,7 @@ class ComputeRecord:
     seconds: float  # GPU seconds (CUDA events) on cuda, process CPU seconds on cpu
     wall_s: float
     peak_mem_mb: float
+    cached: bool = False  # served from the training cache: seconds are what it cost then
 
 
 @dataclass
@@ -189,10 +190,12 @@ class UsageMeter:
                     totals[self.phase] = totals.get(self.phase, 0.0) + spent
 
     @contextlib.contextmanager
-    def compute(self, label: str) -> Iterator[None]:
-        """Time white-box work in the current phase (CUDA events on GPU, CPU seconds else)."""
+    def compute(self, label: str) -> Iterator[dict[str, float]]:
+        """Time white-box work in the current phase (CUDA events on GPU, CPU seconds else);
+        the yielded dict holds the block's ``seconds``, ``wall_s`` and ``peak_mem_mb`` after."""
         device = self.device
         wall0 = time.perf_counter()
+        block: dict[str, float] = {}
         if device == "cuda":
             import torch
 
@@ -201,31 +204,40 @@ class UsageMeter:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             try:
-                yield
+                yield block
             finally:
                 end.record()
                 torch.cuda.synchronize()
                 seconds = start.elapsed_time(end) / 1000.0
                 peak = torch.cuda.max_memory_allocated() / 2**20
-                self._add_compute(label, device, seconds, wall0, peak)
+                block.update(self._add_compute(label, device, seconds, wall0, peak))
         else:
             cpu0 = time.process_time()
             try:
-                yield
+                yield block
             finally:
                 seconds = time.process_time() - cpu0
                 # ru_maxrss is the process high-water mark (KiB on Linux), not this block's.
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                self._add_compute(label, device, seconds, wall0, peak)
+                block.update(self._add_compute(label, device, seconds, wall0, peak))
+
+    def credit(self, label: str, seconds: float, wall_s: float, peak_mem_mb: float) -> None:
+        """Count white-box work served from the training cache: what it cost when it ran
+        (so reports show a method's cold-start compute, as they count cached tokens), kept
+        apart from the work this process did (``cached_seconds``; ``wall_s`` leaves it out)."""
+        rec = ComputeRecord(self.phase, label, self.device, seconds, wall_s, peak_mem_mb, True)
+        with self._lock:
+            self.computes.append(rec)
 
     def _add_compute(
         self, label: str, device: str, seconds: float, wall0: float, peak: float
-    ) -> None:
+    ) -> dict[str, float]:
         rec = ComputeRecord(
             self.phase, label, device, seconds, time.perf_counter() - wall0, round(peak, 1)
         )
         with self._lock:
             self.computes.append(rec)
+        return {"seconds": rec.seconds, "wall_s": rec.wall_s, "peak_mem_mb": rec.peak_mem_mb}
 
     def summary(self) -> dict[str, Any]:
         """Billed and idealized usage by phase and role, dollars, compute, and the wall
@@ -294,8 +306,11 @@ def _compute_summary(computes: list[ComputeRecord]) -> dict[str, Any]:
         recs = [c for c in computes if c.phase == phase]
         if recs:
             out[phase] = {
+                # What the work costs from a cold start (cached blocks at their stored cost)...
                 "seconds": round(sum(c.seconds for c in recs), 4),
-                "wall_s": round(sum(c.wall_s for c in recs), 4),
+                # ...of which served from the training cache; wall_s is this process's alone.
+                "cached_seconds": round(sum(c.seconds for c in recs if c.cached), 4),
+                "wall_s": round(sum(c.wall_s for c in recs if not c.cached), 4),
                 "device": recs[0].device,
                 "peak_mem_mb": max(c.peak_mem_mb for c in recs),
                 "blocks": _merge_blocks(recs),
@@ -306,13 +321,18 @@ def _compute_summary(computes: list[ComputeRecord]) -> dict[str, Any]:
 def _merge_blocks(recs: list[ComputeRecord]) -> list[dict[str, Any]]:
     """One entry per label (in first-seen order) with summed seconds and a ``count``: methods
     time white-box work per decoding step, which would otherwise be hundreds of blocks."""
-    merged: dict[str, dict[str, Any]] = {}
+    merged: dict[tuple[str, bool], dict[str, Any]] = {}
     for c in recs:
-        entry = merged.setdefault(c.label, {**asdict(c), "seconds": 0.0, "wall_s": 0.0, "count": 0})
+        entry = merged.setdefault(
+            (c.label, c.cached), {**asdict(c), "seconds": 0.0, "wall_s": 0.0, "count": 0}
+        )
         entry["seconds"] = round(entry["seconds"] + c.seconds, 6)
         entry["wall_s"] = round(entry["wall_s"] + c.wall_s, 6)
         entry["peak_mem_mb"] = max(entry["peak_mem_mb"], c.peak_mem_mb)
         entry["count"] += 1
+    for entry in merged.values():
+        if not entry["cached"]:
+            del entry["cached"]  # records stay as they were for work that ran
     return list(merged.values())
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from benchmarks.backends.base import Backend, make_backend
 from benchmarks.backends.zoo import resolve_model_dir
-from benchmarks.cache import DEFAULT_CACHE_DIR, ResponseCache
+from benchmarks.cache import DEFAULT_CACHE_DIR, TRAINING_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
 from benchmarks.errors import BackendUnavailable, BudgetExhausted
 from benchmarks.metering import (
@@ -52,6 +52,7 @@ from benchmarks.metering import (
 )
 from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
 from benchmarks.tasks.base import Task, get_task
+from methods.artifacts import TrainingCache
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
@@ -181,6 +182,20 @@ class Plan:
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
+def seed_globals(seed: int) -> None:
+    """Seed the process-wide random states a method might read (torch, numpy, random) from
+    the cell's seed: a cell then does the same whatever ran before it in the process (local,
+    Ray worker, replay), and its training steps are found in the training cache."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class Runner:
     """Plans and runs a `RunConfig`. Use as a context manager so backends are closed."""
 
@@ -189,6 +204,10 @@ class Runner:
         self.on_event: EventSink = on_event or (lambda event, fields: None)
         self.prices = PriceTable(config.prices)
         self.cache = ResponseCache(config.cache_dir, enabled=config.use_cache)
+        # Training outcomes live beside the answers they were trained on, and go with them.
+        self.training_cache = (
+            TrainingCache(Path(config.cache_dir) / TRAINING_DIR) if config.use_cache else None
+        )
         self._stack = ExitStack()
         self.backend: Backend | None = None
         self.proposer_backend: Backend | None = None
@@ -529,6 +548,7 @@ class Runner:
         # Whatever an interrupted earlier attempt left of this cell's artifacts goes.
         shutil.rmtree(store.artifact_dir(cell.cid), ignore_errors=True)
         tuner = self.make_tuner(cell.method)
+        seed_globals(cell.seed)
         context = TuneContext(
             seed=cell.seed,
             compute=meter,
@@ -536,6 +556,7 @@ class Runner:
             on_event=lambda event, fields: self.on_event(event, {"cell": cell.cid, **fields}),
             workdir=store.artifact_dir(cell.cid),
             resolve_model=resolve_model_dir,
+            training_cache=self.training_cache,
         )
         self.on_event("cell_start", {"cell": cell.cid, "n_eval": len(splits["test"])})
         wall: dict[str, float] = {}

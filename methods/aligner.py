@@ -222,7 +222,8 @@ class Aligner(BlackBoxTuner):
             schedule=cfg.schedule,
             warmup_ratio=cfg.warmup_ratio,
         )
-        with ctx.compute.compute("train corrector"):
+
+        def fit_corrector() -> list[float]:
             if cfg.identity_warmup > 0:
                 k = max(1, round(cfg.identity_warmup * len(triples)))
                 identity = [Triple(t.question, t.answer, t.answer) for t in triples[:k]]
@@ -234,7 +235,19 @@ class Aligner(BlackBoxTuner):
                     on_event=ctx.on_event,
                     label="identity warmup",
                 )
-            train_sft(corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event)
+            return train_sft(corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event)
+
+        ctx.train(
+            "train corrector",
+            fit_corrector,
+            inputs={
+                "triples": triples,
+                "settings": settings,
+                "identity_warmup": cfg.identity_warmup,
+                "seed": ctx.seed,
+            },
+            state=[corrector.model],
+        )
         return CorrectorPolicy(
             corrector,
             template=cfg.template,

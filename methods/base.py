@@ -20,11 +20,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from methods.registry import BenchError, Registry
+
+if TYPE_CHECKING:
+    from methods.artifacts import TrainingCache
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------
 # Capabilities: the access levels a backend declares and a tuner requires.
@@ -273,15 +278,17 @@ def _capability_order(name: str) -> int:
 
 
 class ComputeMeter(Protocol):
-    """Times white-box work (adapter training, small-model inference)."""
+    """Times white-box work (adapter training, small-model inference). The block yielded
+    by `compute` is filled on exit with what was measured (``seconds``, ``wall_s``,
+    ``peak_mem_mb``), which the training cache stores with its entries."""
 
-    def compute(self, label: str) -> contextlib.AbstractContextManager[None]: ...
+    def compute(self, label: str) -> contextlib.AbstractContextManager[dict[str, float]]: ...
 
 
 class _NoCompute:
     @contextlib.contextmanager
-    def compute(self, label: str) -> Iterator[None]:
-        yield
+    def compute(self, label: str) -> Iterator[dict[str, float]]:
+        yield {}
 
 
 @dataclass
@@ -297,6 +304,8 @@ class TuneContext:
         resolve_model: a white-box model name (``zoo-small``) or local directory -> the local
             directory holding it (transformers format). Methods never download: the harness
             resolves names to local files and raises a one-line error for unknown ones.
+        training_cache: where `train` keeps training outcomes (a `methods.artifacts.
+            TrainingCache`), or None to always train.
     """
 
     seed: int = 0
@@ -305,6 +314,22 @@ class TuneContext:
     device: str = "cpu"
     workdir: Path | None = None
     resolve_model: Callable[[str], Path] = field(default=lambda name: _local_model_dir(name))
+    training_cache: TrainingCache | None = None
+
+    def train(
+        self, label: str, fn: Callable[[], T], *, inputs: Any, state: Sequence[Any] = ()
+    ) -> T:
+        """Run white-box training ``fn`` timed as compute ``label``. With a training cache,
+        a step that ran before with the same ``inputs`` (everything ``fn`` reads besides
+        ``state``: texts, settings, seed), starting ``state`` (modules, optimizers,
+        schedulers: changed in place), torch random state and code is loaded instead, so a
+        replay skips it. ``fn`` returns JSON (losses, indices); tuples come back as lists."""
+        if self.training_cache is None:
+            with self.compute.compute(label):
+                return fn()
+        return self.training_cache.run(
+            label, fn, inputs=inputs, state=state, meter=self.compute, device=self.device
+        )
 
 
 def _local_model_dir(name: str) -> Path:

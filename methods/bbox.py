@@ -78,6 +78,7 @@ greedily, a stronger baseline than the paper's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import random
 import re
@@ -1009,10 +1010,20 @@ class BBoxAdapter(BlackBoxTuner):
                     picked=picks[i],
                     expand=expand,
                 )
-            with ctx.compute.compute("train adapter"):
-                losses = self._train_epoch(
-                    adapter, texts, questions, optimizer, schedule, random.Random(seed)
-                )
+            losses = ctx.train(
+                "train adapter",
+                functools.partial(
+                    self._train_epoch,
+                    adapter,
+                    texts,
+                    questions,
+                    optimizer,
+                    schedule,
+                    random.Random(seed),
+                ),
+                inputs={"texts": texts, "questions": questions, "seed": seed, "cfg": cfg},
+                state=[adapter.backbone, adapter.head, optimizer, schedule],
+            )
             record = {
                 "epoch": epoch,
                 "source": "blackbox" if warmup else "adapter",

@@ -264,20 +264,26 @@ class CoBB(BlackBoxTuner):
         )
         with_tuples = len({t.pair.question for t in collection})
         size = min(len(collection), max(1, round(cfg.pairs_per_question * with_tuples)))
-        with ctx.compute.compute("subset search"):
-            features = np.array([t.features() for t in collection], dtype=float).reshape(
-                len(collection), len(FEATURES)
-            )
-            chosen, divergence = select_subset(
-                features,
-                size,
-                population=cfg.ga_population,
-                generations=cfg.ga_generations,
-                mutation=cfg.ga_mutation,
-                tournament=cfg.ga_tournament,
-                elite=cfg.ga_elite,
-                rng=np.random.default_rng(ctx.seed),
-            )
+        features = np.array([t.features() for t in collection], dtype=float).reshape(
+            len(collection), len(FEATURES)
+        )
+        ga: dict[str, Any] = {
+            "population": cfg.ga_population,
+            "generations": cfg.ga_generations,
+            "mutation": cfg.ga_mutation,
+            "tournament": cfg.ga_tournament,
+            "elite": cfg.ga_elite,
+        }
+
+        def search() -> tuple[list[int], float]:
+            picked, div = select_subset(features, size, **ga, rng=np.random.default_rng(ctx.seed))
+            return [int(i) for i in picked], float(div)
+
+        chosen, divergence = ctx.train(
+            "subset search",
+            search,
+            inputs={"features": features, "size": size, **ga, "seed": ctx.seed},
+        )
         subset = [collection[i].pair for i in chosen]
         labels = [
             [is_correct(task, c.text, ex, cfg.correct_threshold) for c in outs]
@@ -307,17 +313,29 @@ class CoBB(BlackBoxTuner):
             schedule=cfg.schedule,
             warmup_steps=cfg.warmup_steps,
         )
-        with ctx.compute.compute("train corrector"):
-            if subset:
-                train_orpo(
+        inputs = {"settings": settings, "seed": ctx.seed}
+        if subset:
+            ctx.train(
+                "train corrector",
+                lambda: train_orpo(
                     corrector, subset, settings, lam=cfg.lam, seed=ctx.seed, on_event=ctx.on_event
-                )
-                targets = [t.chosen for t in subset]
-            else:
-                triples = correct_only_triples(questions, chains, labels, task)
-                self.variant = "no incorrect chains: SFT on correct chains"
-                train_sft(corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event)
-                targets = [t.correction for t in triples]
+                ),
+                inputs={**inputs, "orpo": subset, "lam": cfg.lam},
+                state=[corrector.model],
+            )
+            targets = [t.chosen for t in subset]
+        else:
+            triples = correct_only_triples(questions, chains, labels, task)
+            self.variant = "no incorrect chains: SFT on correct chains"
+            ctx.train(
+                "train corrector",
+                lambda: train_sft(
+                    corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event
+                ),
+                inputs={**inputs, "sft": triples},
+                state=[corrector.model],
+            )
+            targets = [t.correction for t in triples]
         return CorrectorPolicy(
             corrector,
             template=cfg.template,

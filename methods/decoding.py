@@ -703,11 +703,11 @@ def _ids_before(lm: LocalLM, ids: list[int], cut: int) -> list[int]:
     return ids[:kept]
 
 
-def _timed(compute: ComputeMeter | None) -> contextlib.AbstractContextManager[None]:
+def _timed(compute: ComputeMeter | None) -> contextlib.AbstractContextManager[object]:
     """``compute.compute("white-box decoding")`` when a meter is given, else nothing."""
-    return (
-        compute.compute("white-box decoding") if compute is not None else contextlib.nullcontext()
-    )
+    if compute is None:
+        return contextlib.nullcontext()
+    return compute.compute("white-box decoding")
 
 
 # --------------------------------------------------------------------------------------------

@@ -200,19 +200,26 @@ class ProxyTuning(BlackBoxTuner):
                 training_sequence(expert, task.render(ex, instruction=instruction), task, ex)
                 for ex in examples
             ]
-            with ctx.compute.compute("fine-tune expert"):
-                losses = finetune(
+            settings = {
+                "learning_rate": cfg.learning_rate,
+                "epochs": cfg.epochs,
+                "batch_size": cfg.batch_size,
+                "warmup_ratio": cfg.warmup_ratio,
+                "seed": ctx.seed,
+            }
+            losses = ctx.train(
+                "fine-tune expert",
+                lambda: finetune(
                     expert,
                     sequences,
-                    learning_rate=cfg.learning_rate,
-                    epochs=cfg.epochs,
-                    batch_size=cfg.batch_size,
-                    warmup_ratio=cfg.warmup_ratio,
-                    seed=ctx.seed,
+                    **settings,  # type: ignore[arg-type]
                     on_epoch=lambda epoch, loss: ctx.on_event(
                         "proxy_tuning_epoch", {"epoch": epoch, "loss": round(loss, 4)}
                     ),
-                )
+                ),
+                inputs={"sequences": sequences, **settings},
+                state=[expert.model],
+            )
             ctx.on_event(
                 "proxy_tuning_expert",
                 {"examples": len(sequences), "epochs": cfg.epochs, "final_loss": losses[-1]},

@@ -26,6 +26,10 @@ def resolve_model_dir(model: str) -> Path:
     return model_dir(model)
 
 
+#: seconds before one attempt of a call to the loopback server times out (unless given).
+ZOO_TIMEOUT_S = 300.0
+
+
 @register_backend("zoo")
 class ZooBackend(OpenAIBackend):
     """A zoo model behind the project's server on 127.0.0.1 (all capabilities, over HTTP).
@@ -52,6 +56,9 @@ class ZooBackend(OpenAIBackend):
         self._digest = weights_digest(self.model_dir)
         name = Path(model).name if Path(model).is_dir() else model
         options.pop("base_url", None)
+        # The server shares the machine with the run: on a loaded CPU a batch can take minutes,
+        # and a retry after a short timeout only adds load.
+        options["timeout_s"] = options.get("timeout_s") or ZOO_TIMEOUT_S
         super().__init__(model=name, base_url="http://127.0.0.1:0/v1", api=api, **options)
 
     def check_ready(self) -> None:
@@ -69,11 +76,12 @@ class ZooBackend(OpenAIBackend):
 
     def count_tokens(self, text: str) -> int:
         if not hasattr(self, "_tokenizer"):
-            from transformers import AutoTokenizer
+            # The Rust tokenizer alone: the same ids as the transformers wrapper the server
+            # uses, without importing transformers while planning (seconds on a small CPU).
+            from tokenizers import Tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        # encode() warns on texts over the context; a projection may count such texts.
-        return len(self._tokenizer(text, verbose=False)["input_ids"])
+            self._tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        return len(self._tokenizer.encode(text).ids)
 
     def close(self) -> None:
         super().close()

@@ -312,3 +312,43 @@ def test_hf_backend_runs_in_process(tmp_path: Path, model_dir: Path) -> None:
         .splitlines()
     ]
     assert len(preds) == 3
+
+
+def test_a_replay_loads_white_box_training_instead_of_running_it(tmp_path: Path) -> None:
+    """The zoo's real white-box methods, cold then from the warm cache under another run id:
+    the same records, predictions and trained weights, with the training loaded (its cost
+    credited as cached compute) rather than run again."""
+    methods = "aligner,bbox,cobb,proxy-tuning"
+
+    def run(run_id: str) -> RunStore:
+        argv = ["run", "--methods", methods, "--tasks", "zoo-sentiment", "--seeds", "0"]
+        argv += ["--budget", "light", "--limit", "4", "--run-id", run_id]
+        argv += ["--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "c")]
+        assert main(argv) == 0
+        return RunStore(tmp_path / "results" / run_id)
+
+    first, again = run("first"), run("again")
+    trained = {"train corrector", "fine-tune expert", "subset search", "train adapter"}
+    cells = {c.cell_id: c for c in first.cells()}
+    assert len(cells) == 4
+    for replayed in again.cells():
+        cold = cells[replayed.cell_id]
+        assert replayed.status == cold.status == "ok"
+        assert replayed.accuracy == cold.accuracy
+        assert again.predictions(replayed.cell_id) == first.predictions(cold.cell_id)
+        for name in ("policy.json", "model.safetensors"):
+            paths = [s.artifact_dir(replayed.cell_id).rglob(name) for s in (first, again)]
+            cold_files, warm_files = (sorted(p.read_bytes() for p in ps) for ps in paths)
+            assert cold_files == warm_files
+        tune, cold_tune = replayed.usage["compute"]["tune"], cold.usage["compute"]["tune"]
+        ran = {b["label"] for b in tune["blocks"] if not b.get("cached")}
+        loaded = {b["label"] for b in tune["blocks"] if b.get("cached")}
+        assert loaded and loaded <= trained and not ran & trained
+        # a replay reports what the training cost cold, and how much came from the cache
+        cold_blocks = {b["label"]: b for b in cold_tune["blocks"]}
+        for block in tune["blocks"]:
+            if block.get("cached"):
+                assert block["seconds"] == pytest.approx(cold_blocks[block["label"]]["seconds"])
+                assert block["count"] == cold_blocks[block["label"]]["count"]
+        assert tune["cached_seconds"] > 0 and cold_tune["cached_seconds"] == 0
+        assert tune["wall_s"] < cold_tune["wall_s"]

@@ -48,3 +48,20 @@ def test_dead_server_is_reported_not_retried(model: Path) -> None:
             backend.generate_batch([GenerateRequest("Q: 1\nA:", max_tokens=3)])
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("name", ["tiny", "zoo-large"])
+def test_token_counts_match_the_servers_tokenizer(model: Path, name: str) -> None:
+    """Counted with the Rust tokenizer alone, as the server's transformers tokenizer does."""
+    from transformers import AutoTokenizer
+
+    backend = ZooBackend(str(model) if name == "tiny" else name)
+    wrapper = AutoTokenizer.from_pretrained(backend.model_dir, local_files_only=True)
+    texts = ["Q: 12 + 7\nA:", "  two  spaces, ünïcode and 1234567 ####", "", "x" * 900]
+    for text in texts:
+        assert backend.count_tokens(text) == len(wrapper(text, verbose=False)["input_ids"])
+
+
+def test_the_loopback_server_gets_a_long_timeout_unless_one_is_given(model: Path) -> None:
+    assert ZooBackend(str(model)).timeout_s == 300.0
+    assert ZooBackend(str(model), timeout_s=5.0).timeout_s == 5.0

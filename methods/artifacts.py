@@ -1,0 +1,278 @@
+"""A content-addressed cache of white-box training outcomes, so a replay skips training.
+
+The response cache makes a replay free on the black-box side; white-box training (BBox-Adapter's
+adapter, proxy-tuning's expert, the correctors of Aligner and CoBB) would still run again and
+dominate it. A training step is a function of what goes in: its inputs (texts, settings,
+seed), the state it starts from (module weights, optimizer and scheduler state), the global
+torch random state, and the code. `TrainingCache.run` keys an entry by all of these and stores
+what comes out (the state afterwards, the random state afterwards, the step's JSON result and
+the compute it cost), so a hit leaves the process exactly as running the step would have.
+
+Entries are a safetensors file of tensors plus a JSON file (never pickle), written to a
+temporary directory and renamed into place: concurrent workers (Ray) see a whole entry or
+none. A hit credits the entry's compute seconds to the meter as cached compute, so a report
+of a replay shows what the method costs from a cold start, as cached tokens do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+#: bump when the entry format or the key changes; old entries are then simply not found.
+FORMAT = 1
+METHODS_DIR = Path(__file__).resolve().parent
+
+
+class Stateful(Protocol):
+    """A module, optimizer or scheduler: anything with torch's state-dict protocol."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+# -- state dicts as (JSON skeleton, tensors) ----------------------------------------------------
+
+
+def flatten(obj: Any, tensors: dict[str, Any], path: str = "s") -> Any:
+    """``obj`` as JSON with each tensor replaced by a reference into ``tensors``; dict keys
+    keep their types (optimizer states are keyed by int) and tuples stay tuples."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        # A copy: tied weights share storage, which safetensors refuses to write twice.
+        tensors[path] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": path}
+    if isinstance(obj, Mapping):
+        return {
+            "__dict__": [
+                [k, flatten(v, tensors, f"{path}.{i}")] for i, (k, v) in enumerate(obj.items())
+            ]
+        }
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"training cache: cannot store a {type(obj).__name__} in a state dict")
+
+
+def unflatten(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
+    """The inverse of `flatten`."""
+    if isinstance(skeleton, list):
+        return [unflatten(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__tuple__" in skeleton:
+            return tuple(unflatten(v, tensors) for v in skeleton["__tuple__"])
+        return {k: unflatten(v, tensors) for k, v in skeleton["__dict__"]}
+    return skeleton
+
+
+def _tensor_bytes(tensor: Any) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return bytes(flat.view(__import__("torch").uint8).numpy())
+
+
+def state_digest(objects: Sequence[Stateful]) -> str:
+    """sha256 over the state dicts of ``objects`` (structure, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for obj in objects:
+        tensors: dict[str, Any] = {}
+        skeleton = flatten(obj.state_dict(), tensors)
+        h.update(json.dumps(skeleton, sort_keys=True).encode())
+        for name in sorted(tensors):
+            t = tensors[name]
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    raise TypeError(
+        f"training cache: input of type {type(obj).__name__} is not JSON (pass texts, numbers, "
+        "dataclasses, lists or dicts)"
+    )
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
+@functools.cache
+def _methods_source_digest() -> str:
+    """The in-tree methods' code: a change to any of it makes earlier entries unreachable."""
+    h = hashlib.sha256()
+    for path in sorted(METHODS_DIR.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def code_digest(fn: Callable[..., Any]) -> str:
+    """The methods package plus the file defining ``fn`` (a plugin's own module)."""
+    h = hashlib.sha256(_methods_source_digest().encode())
+    with contextlib.suppress(TypeError, OSError):
+        source = inspect.getsourcefile(fn)
+        if source and Path(source).resolve().parent != METHODS_DIR:
+            h.update(Path(source).read_bytes())
+    return h.hexdigest()
+
+
+def _rng_state() -> Any:
+    import torch
+
+    return torch.get_rng_state()
+
+
+# -- the cache ----------------------------------------------------------------------------------
+
+
+class TrainingCache:
+    """Entries under ``root/ab/<sha256>/`` holding ``state.safetensors`` and ``entry.json``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def key(
+        self,
+        label: str,
+        fn: Callable[..., Any],
+        *,
+        inputs: Any,
+        state: Sequence[Stateful],
+        device: str,
+    ) -> str:
+        import torch
+        import transformers
+
+        parts = {
+            "v": FORMAT,
+            "label": label,
+            "inputs": json.loads(canonical(inputs)),
+            "state": state_digest(state),
+            "rng": hashlib.sha256(_tensor_bytes(_rng_state())).hexdigest(),
+            "code": code_digest(fn),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": device,
+        }
+        return hashlib.sha256(canonical(parts).encode()).hexdigest()
+
+    def _dir(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def run(
+        self,
+        label: str,
+        fn: Callable[[], T],
+        *,
+        inputs: Any,
+        state: Sequence[Stateful],
+        meter: Any,
+        device: str = "cpu",
+    ) -> T:
+        """``fn()`` timed by ``meter.compute(label)``, or its stored outcome loaded into
+        ``state`` (and the torch random state) when this exact step ran before.
+
+        ``fn`` must change nothing but ``state`` and the torch random state, and return JSON
+        (lists, dicts, numbers, strings); ``inputs`` is everything else it reads.
+        """
+        key = self.key(label, fn, inputs=inputs, state=state, device=device)
+        loaded = self._load(key, state)
+        if loaded is not None:
+            self.hits += 1
+            result, cost = loaded
+            credit = getattr(meter, "credit", None)
+            if credit is not None:
+                credit(label, **cost)
+            return result  # type: ignore[no-any-return]
+        self.misses += 1
+        with meter.compute(label) as block:
+            result = json.loads(canonical(fn()))  # as a hit returns it: tuples become lists
+        cost = {k: float(v) for k, v in (block or {}).items() if k in COST_FIELDS}
+        self._store(key, label, result, state, cost)
+        return result  # type: ignore[no-any-return]
+
+    def _load(self, key: str, state: Sequence[Stateful]) -> tuple[Any, dict[str, float]] | None:
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = self._dir(key)
+        try:
+            entry = json.loads((directory / "entry.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(directory / "state.safetensors"))
+        except (OSError, ValueError, SafetensorError):
+            return None  # absent or damaged: the step runs and its entry is written again
+        for obj, skeleton in zip(state, entry["state"], strict=True):
+            restored = unflatten(skeleton, tensors)
+            obj.load_state_dict(restored)
+        for obj, training in zip(state, entry["training"], strict=True):
+            if training is not None:
+                obj.train(training)  # type: ignore[attr-defined]
+        torch.set_rng_state(tensors["rng"])
+        return entry["result"], entry["cost"]
+
+    def _store(
+        self, key: str, label: str, result: Any, state: Sequence[Stateful], cost: dict[str, float]
+    ) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, Any] = {}
+        skeletons = [flatten(obj.state_dict(), tensors, f"s{i}") for i, obj in enumerate(state)]
+        tensors["rng"] = _rng_state().clone()
+        entry = {
+            "label": label,
+            "result": result,
+            "state": skeletons,
+            "training": [getattr(obj, "training", None) for obj in state],
+            "cost": cost,
+            "created": time.time(),
+        }
+        final = self._dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        try:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "entry.json").write_text(json.dumps(entry), encoding="utf-8")
+            # Stored only after a miss: what is there is damaged, or another worker's copy of
+            # this very step; either way ours replaces it.
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except OSError:
+            pass  # another worker stored the same step first: its entry is as good
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: the compute-block fields an entry keeps (what the meter measured when the step ran).
+COST_FIELDS = ("seconds", "wall_s", "peak_mem_mb")
