@@ -520,8 +520,21 @@ class MeteredBlackBox:
         return np.stack([r for r in rows if r is not None])
 
     def vocabulary(self) -> list[str]:
-        return self.backend.vocabulary()
+        return list(self._described("vocabulary", self.backend.vocabulary))
 
     def embedding_stats(self) -> tuple[int, float, float]:
         self._require(PROMPT_EMBEDS)
-        return self.backend.embedding_stats()
+        dim, mean, std = self._described("embedding_stats", self.backend.embedding_stats)
+        return int(dim), float(mean), float(std)
+
+    def _described(self, kind: str, fetch: Callable[[], Any]) -> Any:
+        """A fact about the model (its vocabulary, its embedding statistics), cached like an
+        answer: free to ask, but a replay that asked the server would have to start it."""
+        request = {"kind": kind, "backend": self.backend.identity()}
+        key = cache_key(request)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit["value"]
+        value = fetch()
+        self.cache.put(key, {"value": list(value)}, request=request)
+        return value

@@ -322,10 +322,13 @@ def _share(ray: Any, runner: Runner, plan: Plan) -> _RunShare:
         data_dir=cfg.data_dir.resolve() if cfg.data_dir else None,
         prices=cfg.prices.resolve() if cfg.prices else None,
     )
-    endpoints = {
-        role: backend.base_url if isinstance(backend, ZooBackend) else None
-        for role, backend in (("backend", runner.backend), ("proposer", runner.proposer_backend))
-    }
+    endpoints: dict[str, str | None] = {}
+    for role, backend in (("backend", runner.backend), ("proposer", runner.proposer_backend)):
+        if isinstance(backend, ZooBackend):
+            backend.start()  # workers share the driver's server, so it must be up before them
+            endpoints[role] = backend.base_url
+        else:
+            endpoints[role] = None
     from ray.util.client import ray as ray_client
 
     client_mode = ray_client.is_connected()

@@ -312,9 +312,7 @@ def create_app(
     if faults is not None:
         # Inside the key check (added before it): a request with a wrong key gets its 401.
         app.add_middleware(FaultInjector, spec=faults)  # type: ignore[arg-type]
-    capabilities = [GENERATE, LOGPROBS, SCORE] + (
-        [NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else []
-    )
+    capabilities = served_capabilities(grey_box)
     expected_auth = f"Bearer {api_key}".encode() if api_key else None
 
     @app.exception_handler(APIError)
@@ -834,6 +832,11 @@ class ServerHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def served_capabilities(grey_box: bool) -> list[str]:
+    """What the server advertises in its model card (``/v1/models``)."""
+    return [GENERATE, LOGPROBS, SCORE] + ([NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else [])
 
 
 def start_server(

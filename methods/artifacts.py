@@ -85,8 +85,10 @@ def unflatten(skeleton: Any, tensors: Mapping[str, Any]) -> Any:
 
 
 def _tensor_bytes(tensor: Any) -> bytes:
+    import torch
+
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    return bytes(flat.view(__import__("torch").uint8).numpy())
+    return bytes(flat.view(torch.uint8).numpy())
 
 
 def state_digest(objects: Sequence[Stateful]) -> str:

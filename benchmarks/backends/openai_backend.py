@@ -41,7 +41,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -343,18 +343,22 @@ class OpenAIBackend(Backend):
                 )
             ) from None
         for entry in getattr(page, "data", []):
-            extra = getattr(entry, "model_extra", None) or {}
-            advertised = extra.get("capabilities")
-            context = extra.get("context_length")
-            if entry.id == self.model and context:
-                self.context_length = int(context)
-            if entry.id == self.model and extra.get("prompt_lists"):
-                self.prompt_lists = True
-            if entry.id == self.model and advertised and self._override is None:
-                caps = set(advertised)
-                if self.api == "chat":
-                    caps.discard(SCORE)  # echo exists only on the completions API
-                self.capabilities = frozenset(caps)
+            if entry.id == self.model:
+                self._apply_model_card(getattr(entry, "model_extra", None) or {})
+
+    def _apply_model_card(self, card: Mapping[str, Any]) -> None:
+        """Take what a project server advertises for the model: capabilities (unless given
+        with --capabilities), context length, and whether completions take prompt lists."""
+        advertised = card.get("capabilities")
+        if card.get("context_length"):
+            self.context_length = int(card["context_length"])
+        if card.get("prompt_lists"):
+            self.prompt_lists = True
+        if advertised and self._override is None:
+            caps = set(advertised)
+            if self.api == "chat":
+                caps.discard(SCORE)  # echo exists only on the completions API
+            self.capabilities = frozenset(caps)
 
     def gone(self) -> str | None:
         """Why the endpoint is known to be gone for good (a dead local server), else None."""

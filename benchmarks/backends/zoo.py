@@ -2,18 +2,23 @@
 by the project's own OpenAI-compatible server on a free loopback port and reached through the
 same `openai` client a commercial API would be.
 
-The server runs in a child process started when the run is planned and stopped when it ends;
-if it dies, the client's retries run out and the run stops with the server's last words.
+The server runs in a child process started by the first request the response cache cannot
+answer (a replay from a warm cache never starts it) and stopped when the run ends; if it
+dies, the client's retries run out and the run stops with the server's last words.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from benchmarks.backends.base import register_backend
 from benchmarks.backends.hf import weights_digest
 from benchmarks.backends.openai_backend import OpenAIBackend
+from benchmarks.errors import BackendUnavailable
+from methods.registry import BenchError
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -26,6 +31,8 @@ def resolve_model_dir(model: str) -> Path:
     return model_dir(model)
 
 
+#: the base URL until the server is started (or the backend is pointed at one).
+PLACEHOLDER_URL = "http://127.0.0.1:0/v1"
 #: seconds before one attempt of a call to the loopback server times out (unless given).
 ZOO_TIMEOUT_S = 300.0
 
@@ -53,23 +60,63 @@ class ZooBackend(OpenAIBackend):
         self.model_dir = resolve_model_dir(model)
         self.grey_box = grey_box
         self._handle: Any = None
+        self._start_lock = threading.Lock()
         self._digest = weights_digest(self.model_dir)
         name = Path(model).name if Path(model).is_dir() else model
         options.pop("base_url", None)
         # The server shares the machine with the run: on a loaded CPU a batch can take minutes,
         # and a retry after a short timeout only adds load.
         options["timeout_s"] = options.get("timeout_s") or ZOO_TIMEOUT_S
-        super().__init__(model=name, base_url="http://127.0.0.1:0/v1", api=api, **options)
+        super().__init__(model=name, base_url=PLACEHOLDER_URL, api=api, **options)
 
     def check_ready(self) -> None:
-        if self._handle is None:
+        """Ready from the model directory alone when it can be: the server's model card
+        (capabilities, context length, prompt lists) is known without starting it, and the
+        first request starts it (`start`). A model without a context window in its config is
+        asked over HTTP, so its server starts now."""
+        card = self._local_card()
+        if card is None or self.base_url != PLACEHOLDER_URL:
+            self.start()
+            super().check_ready()
+        else:
+            self._apply_model_card(card)
+
+    def _local_card(self) -> dict[str, Any] | None:
+        from benchmarks.server import served_capabilities
+
+        config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        window = config.get("max_position_embeddings") or config.get("n_positions")
+        if not window:
+            return None
+        return {
+            "capabilities": served_capabilities(self.grey_box),
+            "context_length": int(window),
+            "prompt_lists": True,
+        }
+
+    def start(self) -> None:
+        """Start the server if it is not running (the first request does it otherwise); a
+        backend pointed at another server (a Ray worker at the driver's) starts none.
+
+        Raises:
+            BackendUnavailable: the server did not come up (with its last words).
+        """
+        with self._start_lock:
+            if self._handle is not None or self.base_url != PLACEHOLDER_URL:
+                return
             from benchmarks.server import start_server
 
-            self._handle = start_server(
-                self.model_dir, model_name=self.model, grey_box=self.grey_box
-            )
+            try:
+                self._handle = start_server(
+                    self.model_dir, model_name=self.model, grey_box=self.grey_box
+                )
+            except BenchError as exc:
+                raise BackendUnavailable(f"zoo backend: {exc}") from None
             self.base_url = self._handle.base_url
-        super().check_ready()
+
+    def _async_client(self) -> Any:
+        self.start()
+        return super()._async_client()
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "backend": "zoo", "weights": self._digest}

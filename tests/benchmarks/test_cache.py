@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.cache import ResponseCache, cache_key
@@ -60,3 +61,23 @@ def test_concurrent_processes_never_see_partial_entries(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path)
     assert cache.stats().entries == 50
     assert not list(tmp_path.glob("*/.tmp-*"))
+
+
+def test_stats_and_clear_cover_training_outcomes(tmp_path: Path) -> None:
+    import contextlib
+
+    from benchmarks.cache import TRAINING_DIR
+    from methods.artifacts import TrainingCache
+
+    class Meter:
+        @contextlib.contextmanager
+        def compute(self, label: str) -> Iterator[dict[str, float]]:
+            yield {}
+
+    cache = ResponseCache(tmp_path)
+    cache.put(cache_key({"a": 1}), {"text": "x"})
+    TrainingCache(tmp_path / TRAINING_DIR).run("t", lambda: [1], inputs=1, state=[], meter=Meter())
+    stats = cache.stats()
+    assert stats.entries == 2 and stats.bytes > 0
+    assert cache.clear() == 2
+    assert cache.stats().entries == 0 and not (tmp_path / TRAINING_DIR).exists()

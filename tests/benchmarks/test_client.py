@@ -88,6 +88,30 @@ def test_second_pass_is_free_and_identical(tmp_path: Path, backend: HFBackend) -
     )
 
 
+def test_facts_about_the_model_are_cached_like_answers(tmp_path: Path, backend: HFBackend) -> None:
+    """A replay that needs the vocabulary or embedding statistics (BBT) must not have to ask
+    the server (which would start it)."""
+    asked: list[str] = []
+
+    class Asking(HFBackend):
+        def vocabulary(self) -> list[str]:
+            asked.append("vocabulary")
+            return super().vocabulary()
+
+        def embedding_stats(self) -> tuple[int, float, float]:
+            asked.append("embedding_stats")
+            return super().embedding_stats()
+
+    asking = Asking(str(backend.path))
+    asking.check_ready()
+    cache = ResponseCache(tmp_path)
+    first = MeteredBlackBox(asking, meter=UsageMeter(), cache=cache)
+    again = MeteredBlackBox(asking, meter=UsageMeter(), cache=cache)
+    assert first.vocabulary() == again.vocabulary() == backend.vocabulary()
+    assert first.embedding_stats() == again.embedding_stats() == backend.embedding_stats()
+    assert asked == ["vocabulary", "embedding_stats"]
+
+
 def test_capabilities_are_checked(backend: HFBackend) -> None:
     class TextOnly(HFBackend):
         capabilities = frozenset({"generate"})

@@ -209,7 +209,8 @@ def test_ray_missing_is_refused_before_anything_starts(
 
 def test_a_worker_uses_the_drivers_zoo_server(tiny_model: Path) -> None:
     with ZooBackend(str(tiny_model)) as driver:
-        driver.check_ready()  # starts the server, as the driver's planning does
+        driver.check_ready()
+        driver.start()  # as the driver does before handing its server's URL to workers
         spec = BackendSpec("zoo", str(tiny_model), {})
         with open_worker_backend(spec, driver.base_url) as worker:
             assert isinstance(worker, ZooBackend)

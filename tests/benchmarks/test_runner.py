@@ -352,3 +352,21 @@ def test_a_replay_loads_white_box_training_instead_of_running_it(tmp_path: Path)
                 assert block["count"] == cold_blocks[block["label"]]["count"]
         assert tune["cached_seconds"] > 0 and cold_tune["cached_seconds"] == 0
         assert tune["wall_s"] < cold_tune["wall_s"]
+
+
+def test_a_replay_from_a_warm_cache_never_starts_the_zoo_server(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    from benchmarks.perf import suite_config
+    from benchmarks.runner import Runner
+
+    started = []
+    for run_id in ("cold", "warm"):
+        config = suite_config(
+            tmp_path, run_id, model=str(model_dir), methods=["zero-shot"], limit=3
+        )
+        with Runner(config) as runner:
+            records = runner.run(runner.plan())
+            assert [r.status for r in records] == ["ok"]
+            started.append(runner.backend._handle is not None)  # type: ignore[union-attr]
+    assert started == [True, False]
