@@ -26,6 +26,9 @@ CACHE_FORMAT = 1
 #: the sub-folder of the cache root holding white-box training outcomes
 #: (`methods.artifacts.TrainingCache`), cleared and counted with the answers.
 TRAINING_DIR = "training"
+#: the sub-folder holding evaluated batches (`benchmarks.runner`'s eval memo): a policy's
+#: predictions with the calls and compute they took, keyed by the policy's files.
+EVAL_DIR = "eval"
 
 
 def canonical_json(obj: Any) -> str:
@@ -88,7 +91,7 @@ class ResponseCache:
             raise
 
     def stats(self) -> CacheStats:
-        """Answers and training outcomes: entries and bytes on disk."""
+        """Answers, training outcomes and evaluated batches: entries and bytes on disk."""
         entries = size = 0
         if self.root.is_dir():
             for path in self.root.glob("*/*.json"):
@@ -97,13 +100,17 @@ class ResponseCache:
             for entry in (self.root / TRAINING_DIR).glob("*/*/entry.json"):
                 entries += 1
                 size += sum(p.stat().st_size for p in entry.parent.iterdir())
+            for path in (self.root / EVAL_DIR).glob("*/*.json"):
+                entries += 1
+                size += path.stat().st_size
         return CacheStats(entries, size, self.root)
 
     def clear(self) -> int:
-        """Remove every entry (answers and training outcomes); returns how many there were."""
+        """Remove every entry (answers, training outcomes, evaluated batches); returns how
+        many there were."""
         n = self.stats().entries
         if self.root.is_dir():
             for sub in self.root.iterdir():
-                if sub.is_dir() and (len(sub.name) == 2 or sub.name == TRAINING_DIR):
+                if sub.is_dir() and (len(sub.name) == 2 or sub.name in (TRAINING_DIR, EVAL_DIR)):
                     shutil.rmtree(sub, ignore_errors=True)
         return n

@@ -22,6 +22,7 @@ this process, or as Ray tasks); each is run by `Runner.run_cell` either way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import statistics
@@ -40,6 +41,7 @@ from benchmarks.backends.zoo import resolve_model_dir
 from benchmarks.cache import DEFAULT_CACHE_DIR, TRAINING_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
 from benchmarks.errors import BackendUnavailable, BudgetExhausted
+from benchmarks.eval_memo import EvalMemo, files_digest
 from benchmarks.metering import (
     LIMIT_FLAGS,
     Limits,
@@ -208,6 +210,7 @@ class Runner:
         self.training_cache = (
             TrainingCache(Path(config.cache_dir) / TRAINING_DIR) if config.use_cache else None
         )
+        self.eval_memo = EvalMemo(Path(config.cache_dir), enabled=config.use_cache)
         self._stack = ExitStack()
         self.backend: Backend | None = None
         self.proposer_backend: Backend | None = None
@@ -580,17 +583,34 @@ class Runner:
             phase = meter.phase = "eval"
             policy.compute = meter
             t0 = time.perf_counter()
+            memo_key = functools.partial(
+                self.eval_memo.key,
+                policy=policy,
+                policy_digest=files_digest(store.artifact_dir(cell.cid)),
+                task=task,
+                task_hash=task.fingerprint(),
+                backend_identity=self.backend.identity(),
+            )
             for batch in _batches(splits["test"], EVAL_BATCH):
-                try:
-                    predictions = list(policy.predict(batch, task=task, backend=black_box))
-                except BudgetExhausted:
-                    # The calls that fitted were sent and cached: keep the answers they give.
-                    rows += _rows(task, batch, self._predict_each(policy, batch, task, black_box))
-                    raise
-                if len(predictions) != len(batch):
-                    raise BenchError(
-                        f"{cell.method}: {len(predictions)} predictions for {len(batch)} examples"
-                    )
+                key = memo_key(examples=batch) if self.eval_memo.enabled else None
+                predictions = self.eval_memo.get(key, meter) if key is not None else None
+                if predictions is None:
+                    calls, computes = len(meter.calls), len(meter.computes)
+                    try:
+                        predictions = list(policy.predict(batch, task=task, backend=black_box))
+                    except BudgetExhausted:
+                        # The calls that fitted were sent and cached: keep their answers.
+                        done = self._predict_each(policy, batch, task, black_box)
+                        rows += _rows(task, batch, done)
+                        raise
+                    if len(predictions) != len(batch):
+                        raise BenchError(
+                            f"{cell.method}: {len(predictions)} predictions for "
+                            f"{len(batch)} examples"
+                        )
+                    if key is not None:
+                        spent = meter.calls[calls:], meter.computes[computes:]
+                        self.eval_memo.put(key, predictions, *spent, batch)
                 rows += _rows(task, batch, predictions)
                 summary = meter.summary()
                 self.on_event(

@@ -128,22 +128,27 @@ def canonical(obj: Any) -> str:
 
 
 @functools.cache
-def _methods_source_digest() -> str:
-    """The in-tree methods' code: a change to any of it makes earlier entries unreachable."""
+def source_digest(package_dir: Path) -> str:
+    """The Python code under ``package_dir``: a change to any of it makes earlier entries
+    keyed with it unreachable."""
     h = hashlib.sha256()
-    for path in sorted(METHODS_DIR.glob("*.py")):
-        h.update(path.name.encode())
+    for path in sorted(package_dir.rglob("*.py")):
+        h.update(str(path.relative_to(package_dir)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def code_digest(fn: Callable[..., Any]) -> str:
-    """The methods package plus the file defining ``fn`` (a plugin's own module)."""
-    h = hashlib.sha256(_methods_source_digest().encode())
-    with contextlib.suppress(TypeError, OSError):
-        source = inspect.getsourcefile(fn)
-        if source and Path(source).resolve().parent != METHODS_DIR:
-            h.update(Path(source).read_bytes())
+def code_digest(*objects: Any, packages: Sequence[Path] = (METHODS_DIR,)) -> str:
+    """The code of ``packages`` (default: the methods package) plus the files defining
+    ``objects`` (functions or classes: a plugin's own module)."""
+    h = hashlib.sha256()
+    for package in packages:
+        h.update(source_digest(package).encode())
+    for obj in objects:
+        with contextlib.suppress(TypeError, OSError):
+            source = inspect.getsourcefile(obj)
+            if source and not any(Path(source).resolve().is_relative_to(p) for p in packages):
+                h.update(Path(source).read_bytes())
     return h.hexdigest()
 
 

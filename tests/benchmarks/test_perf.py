@@ -94,8 +94,8 @@ def test_suite_and_replay_run_on_the_tiny_model(tmp_path: Path) -> None:
     for m in first.methods:
         assert m.cells == 1 and m.wait_s is not None and m.call_s is not None
         assert 0 < m.wait_s <= m.call_s <= m.wall_s + 1e-3  # records round wall_s to ms
-    # the replay sends nothing: it never waits on the black box, only reads the cache
-    assert all(m.wait_s == 0 and (m.call_s or 0) > 0 for m in again.methods)
+    # the replay sends nothing: it never waits on the black box, only reads the caches
+    assert all(m.wait_s == 0 for m in again.methods)
     print(f"\n{first.table()}\n{again.table()}\n{Replay(first, again).describe()}")
 
 

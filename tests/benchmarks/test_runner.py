@@ -57,6 +57,10 @@ def _run(tmp: Path, url: str, *extra: str) -> int:
     )
 
 
+def _tokens(usage: dict, flavour: str, phase: str) -> int:
+    return sum(r["tokens"] for r in usage[flavour].get(phase, {}).values())
+
+
 def _billed(usage: dict) -> int:
     return sum(r["tokens"] for p in usage["billed"].values() for r in p.values())
 
@@ -352,6 +356,16 @@ def test_a_replay_loads_white_box_training_instead_of_running_it(tmp_path: Path)
                 assert block["count"] == cold_blocks[block["label"]]["count"]
         assert tune["cached_seconds"] > 0 and cold_tune["cached_seconds"] == 0
         assert tune["wall_s"] < cold_tune["wall_s"]
+        # evaluation came from the eval memo: the same calls (as cache hits) and compute
+        for flavour in ("idealized", "billed"):
+            assert _tokens(replayed.usage, flavour, "eval") == (
+                _tokens(cold.usage, "idealized", "eval") if flavour == "idealized" else 0
+            )
+        warm_eval = replayed.usage["compute"].get("eval")
+        cold_eval = cold.usage["compute"].get("eval")
+        if cold_eval:  # white-box inference at eval: credited, not run
+            assert warm_eval["seconds"] == pytest.approx(cold_eval["seconds"])
+            assert warm_eval["wall_s"] == 0 and warm_eval["cached_seconds"] > 0
 
 
 def test_a_replay_from_a_warm_cache_never_starts_the_zoo_server(
