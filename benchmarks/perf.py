@@ -459,8 +459,7 @@ class Replay:
         return (
             f"first run {self.first.total_s:.1f} s; replay from the cache "
             f"{self.replay.total_s:.1f} s: ratio {self.ratio:.3f}. The replay spent "
-            f"{compute:.1f} s in white-box compute (training comes from the training cache; "
-            f"small-model inference runs again) and {wait} waiting on the black box; without "
-            f"the compute "
-            f"the ratio would be {(self.replay.total_s - compute) / self.first.total_s:.3f}."
+            f"{compute:.1f} s in white-box compute that no cache held (training steps and "
+            f"evaluated batches are cached; what a method computes between them is not) and "
+            f"{wait} waiting on the black box; without the compute the ratio would be {(self.replay.total_s - compute) / self.first.total_s:.3f}."
         )
