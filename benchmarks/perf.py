@@ -461,5 +461,6 @@ class Replay:
             f"{self.replay.total_s:.1f} s: ratio {self.ratio:.3f}. The replay spent "
             f"{compute:.1f} s in white-box compute that no cache held (training steps and "
             f"evaluated batches are cached; what a method computes between them is not) and "
-            f"{wait} waiting on the black box; without the compute the ratio would be {(self.replay.total_s - compute) / self.first.total_s:.3f}."
+            f"{wait} waiting on the black box; without the compute the ratio would be "
+            f"{(self.replay.total_s - compute) / self.first.total_s:.3f}."
         )
