@@ -47,25 +47,29 @@ class Stateful(Protocol):
 # -- state dicts as (JSON skeleton, tensors) ----------------------------------------------------
 
 
-def flatten(obj: Any, tensors: dict[str, Any], path: str = "s") -> Any:
+def flatten(obj: Any, tensors: dict[str, Any], path: str = "s", *, copy: bool = True) -> Any:
     """``obj`` as JSON with each tensor replaced by a reference into ``tensors``; dict keys
-    keep their types (optimizer states are keyed by int) and tuples stay tuples."""
+    keep their types (optimizer states are keyed by int) and tuples stay tuples. ``copy``
+    puts CPU copies in ``tensors`` (for saving); without it, the tensors themselves."""
     import torch
 
     if isinstance(obj, torch.Tensor):
         # A copy: tied weights share storage, which safetensors refuses to write twice.
-        tensors[path] = obj.detach().cpu().clone().contiguous()
+        tensors[path] = obj.detach().cpu().clone().contiguous() if copy else obj
         return {"__tensor__": path}
     if isinstance(obj, Mapping):
         return {
             "__dict__": [
-                [k, flatten(v, tensors, f"{path}.{i}")] for i, (k, v) in enumerate(obj.items())
+                [k, flatten(v, tensors, f"{path}.{i}", copy=copy)]
+                for i, (k, v) in enumerate(obj.items())
             ]
         }
     if isinstance(obj, tuple):
-        return {"__tuple__": [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+        return {
+            "__tuple__": [flatten(v, tensors, f"{path}.{i}", copy=copy) for i, v in enumerate(obj)]
+        }
     if isinstance(obj, list):
-        return [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return [flatten(v, tensors, f"{path}.{i}", copy=copy) for i, v in enumerate(obj)]
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     raise TypeError(f"training cache: cannot store a {type(obj).__name__} in a state dict")
@@ -96,7 +100,7 @@ def state_digest(objects: Sequence[Stateful]) -> str:
     h = hashlib.sha256()
     for obj in objects:
         tensors: dict[str, Any] = {}
-        skeleton = flatten(obj.state_dict(), tensors)
+        skeleton = flatten(obj.state_dict(), tensors, copy=False)
         h.update(json.dumps(skeleton, sort_keys=True).encode())
         for name in sorted(tensors):
             t = tensors[name]
@@ -152,10 +156,25 @@ def code_digest(*objects: Any, packages: Sequence[Path] = (METHODS_DIR,)) -> str
     return h.hexdigest()
 
 
-def _rng_state() -> Any:
+def _rng_states(device: str) -> dict[str, Any]:
+    """The torch random states a training step may read: the CPU generator's, and on a GPU
+    each device's generator's."""
     import torch
 
-    return torch.get_rng_state()
+    states = {"rng": torch.get_rng_state()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{i}"] = state
+    return states
+
+
+def _set_rng_states(tensors: Mapping[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(tensors["rng"])
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))
+    if cuda:
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -181,12 +200,13 @@ class TrainingCache:
         import torch
         import transformers
 
+        rngs = _rng_states(device)
         parts = {
             "v": FORMAT,
             "label": label,
             "inputs": json.loads(canonical(inputs)),
             "state": state_digest(state),
-            "rng": hashlib.sha256(_tensor_bytes(_rng_state())).hexdigest(),
+            "rng": {k: hashlib.sha256(_tensor_bytes(v)).hexdigest() for k, v in rngs.items()},
             "code": code_digest(fn),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -226,11 +246,10 @@ class TrainingCache:
         with meter.compute(label) as block:
             result = json.loads(canonical(fn()))  # as a hit returns it: tuples become lists
         cost = {k: float(v) for k, v in (block or {}).items() if k in COST_FIELDS}
-        self._store(key, label, result, state, cost)
+        self._store(key, label, result, state, cost, device)
         return result  # type: ignore[no-any-return]
 
     def _load(self, key: str, state: Sequence[Stateful]) -> tuple[Any, dict[str, float]] | None:
-        import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -246,17 +265,23 @@ class TrainingCache:
         for obj, training in zip(state, entry["training"], strict=True):
             if training is not None:
                 obj.train(training)  # type: ignore[attr-defined]
-        torch.set_rng_state(tensors["rng"])
+        _set_rng_states(tensors)
         return entry["result"], entry["cost"]
 
     def _store(
-        self, key: str, label: str, result: Any, state: Sequence[Stateful], cost: dict[str, float]
+        self,
+        key: str,
+        label: str,
+        result: Any,
+        state: Sequence[Stateful],
+        cost: dict[str, float],
+        device: str,
     ) -> None:
         from safetensors.torch import save_file
 
         tensors: dict[str, Any] = {}
         skeletons = [flatten(obj.state_dict(), tensors, f"s{i}") for i, obj in enumerate(state)]
-        tensors["rng"] = _rng_state().clone()
+        tensors.update({k: v.clone() for k, v in _rng_states(device).items()})
         entry = {
             "label": label,
             "result": result,
