@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cache-dir", type=Path, default=None)
     run.add_argument("--no-cache", action="store_true", default=None)
+    run.add_argument(
+        "--no-training-cache",
+        action="store_true",
+        default=None,
+        help=(
+            "keep answers and evaluated batches cached but always train (each cached step "
+            "stores the trained state: large for big white-box models)"
+        ),
+    )
     run.add_argument("--prices", type=Path, default=None, help="price table YAML")
     caps = run.add_argument_group(
         "spending caps",
@@ -385,6 +394,7 @@ _RUN_KEYS = {
     "resume",
     "cache_dir",
     "no_cache",
+    "no_training_cache",
     "prices",
     "dry_run",
     "max_usd",
@@ -507,6 +517,7 @@ _CONFIG_CHECKS: dict[str, Callable[[Any], Any]] = {
     "resume": _want_bool,
     "cache_dir": _want_str,
     "no_cache": _want_bool,
+    "no_training_cache": _want_bool,
     "prices": _want_str,
     "dry_run": _want_bool,
     "max_usd": _want_number(positive=False),
@@ -622,6 +633,7 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         run_id=v.get("run_id"),
         resume=bool(v.get("resume", False)),
         use_cache=not v.get("no_cache", False),
+        cache_training=not v.get("no_training_cache", False),
         prices=Path(v["prices"]) if v.get("prices") else None,
         limits=Limits(usd=v.get("max_usd"), tokens=v.get("max_tokens"), calls=v.get("max_calls")),
         cell_limits=Limits(

@@ -109,6 +109,8 @@ class RunConfig:
     resume: bool = False
     cache_dir: Path = DEFAULT_CACHE_DIR
     use_cache: bool = True
+    #: keep white-box training outcomes in the cache (with `use_cache`).
+    cache_training: bool = True
     prices: Path | None = None
     #: caps on the whole run's billed spending (a resumed run counts its finished records).
     limits: Limits = field(default_factory=Limits)
@@ -208,7 +210,9 @@ class Runner:
         self.cache = ResponseCache(config.cache_dir, enabled=config.use_cache)
         # Training outcomes live beside the answers they were trained on, and go with them.
         self.training_cache = (
-            TrainingCache(Path(config.cache_dir) / TRAINING_DIR) if config.use_cache else None
+            TrainingCache(Path(config.cache_dir) / TRAINING_DIR)
+            if config.use_cache and config.cache_training
+            else None
         )
         self.eval_memo = EvalMemo(Path(config.cache_dir), enabled=config.use_cache)
         self._stack = ExitStack()

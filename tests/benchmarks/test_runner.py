@@ -384,3 +384,20 @@ def test_a_replay_from_a_warm_cache_never_starts_the_zoo_server(
             assert [r.status for r in records] == ["ok"]
             started.append(runner.backend._handle is not None)  # type: ignore[union-attr]
     assert started == [True, False]
+
+
+def test_no_training_cache_trains_every_time_and_keeps_the_rest_cached(tmp_path: Path) -> None:
+    from benchmarks.cli import build_parser, run_config_from_args
+
+    config, _ = run_config_from_args(build_parser().parse_args(["run", "--no-training-cache"]))
+    assert config.use_cache and not config.cache_training
+    argv = ["run", "--methods", "aligner", "--tasks", "zoo-sentiment", "--seeds", "0"]
+    argv += ["--limit", "4", "--no-training-cache", "--cache-dir", str(tmp_path / "c")]
+    argv += ["--results-dir", str(tmp_path / "results")]
+    for run_id in ("first", "again"):
+        assert main([*argv, "--run-id", run_id]) == 0
+    (record,) = RunStore(tmp_path / "results" / "again").cells()
+    tune = record.usage["compute"]["tune"]
+    assert tune["cached_seconds"] == 0 and tune["wall_s"] > 0  # trained again
+    assert _tokens(record.usage, "billed", "eval") == 0  # answers and batches still cached
+    assert not (tmp_path / "c" / "training").exists()
