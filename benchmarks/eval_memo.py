@@ -13,7 +13,6 @@ replay through the response cache alone would, without running small models agai
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,15 +24,6 @@ from methods.artifacts import METHODS_DIR, code_digest
 from methods.base import AdaptedPolicy, Example, Prediction
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
-
-
-def files_digest(directory: Path) -> str:
-    """sha256 over the names and bytes of every file under ``directory`` (a saved policy)."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(directory)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 class EvalMemo:
@@ -56,7 +46,7 @@ class EvalMemo:
         task_hash: str,
         backend_identity: dict[str, Any],
     ) -> str:
-        """The key of evaluating ``policy`` (saved files hashed by `files_digest` into
+        """The key of evaluating ``policy`` (its saved files hashed by `tree_digest` into
         ``policy_digest``) on ``examples``."""
         return cache_key(
             {

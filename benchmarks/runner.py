@@ -41,7 +41,7 @@ from benchmarks.backends.zoo import resolve_model_dir
 from benchmarks.cache import DEFAULT_CACHE_DIR, TRAINING_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
 from benchmarks.errors import BackendUnavailable, BudgetExhausted
-from benchmarks.eval_memo import EvalMemo, files_digest
+from benchmarks.eval_memo import EvalMemo
 from benchmarks.metering import (
     LIMIT_FLAGS,
     Limits,
@@ -54,7 +54,7 @@ from benchmarks.metering import (
 )
 from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
 from benchmarks.tasks.base import Task, get_task
-from methods.artifacts import TrainingCache
+from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
@@ -587,16 +587,20 @@ class Runner:
             phase = meter.phase = "eval"
             policy.compute = meter
             t0 = time.perf_counter()
-            memo_key = functools.partial(
-                self.eval_memo.key,
-                policy=policy,
-                policy_digest=files_digest(store.artifact_dir(cell.cid)),
-                task=task,
-                task_hash=task.fingerprint(),
-                backend_identity=self.backend.identity(),
+            memo_key = (
+                functools.partial(
+                    self.eval_memo.key,
+                    policy=policy,
+                    policy_digest=tree_digest(store.artifact_dir(cell.cid)),
+                    task=task,
+                    task_hash=task.fingerprint(),
+                    backend_identity=self.backend.identity(),
+                )
+                if self.eval_memo.enabled
+                else None
             )
             for batch in _batches(splits["test"], EVAL_BATCH):
-                key = memo_key(examples=batch) if self.eval_memo.enabled else None
+                key = memo_key(examples=batch) if memo_key is not None else None
                 predictions = self.eval_memo.get(key, meter) if key is not None else None
                 if predictions is None:
                     calls, computes = len(meter.calls), len(meter.computes)

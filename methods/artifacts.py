@@ -131,15 +131,21 @@ def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
 
 
+def tree_digest(root: Path, pattern: str = "*") -> str:
+    """sha256 over the relative names and bytes of the files under ``root`` matching
+    ``pattern`` (a saved policy's files; a package's code)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob(pattern) if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 @functools.cache
 def source_digest(package_dir: Path) -> str:
     """The Python code under ``package_dir``: a change to any of it makes earlier entries
     keyed with it unreachable."""
-    h = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        h.update(str(path.relative_to(package_dir)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return tree_digest(package_dir, "*.py")
 
 
 def code_digest(*objects: Any, packages: Sequence[Path] = (METHODS_DIR,)) -> str:

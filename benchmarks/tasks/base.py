@@ -65,6 +65,7 @@ class Task(ABC):
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.options = options
         self._cache: dict[str, list[Example]] = {}
+        self._fingerprint: str | None = None
 
     # -- data ---------------------------------------------------------------------------
 
@@ -113,7 +114,13 @@ class Task(ABC):
         return read_rows(path, required=required), str(path)
 
     def fingerprint(self) -> str:
-        """A hash of the task's examples and template, for result provenance."""
+        """A hash of the task's examples and template, for result provenance; memoised, as
+        the examples are."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash_examples()
+        return self._fingerprint
+
+    def _hash_examples(self) -> str:
         h = hashlib.sha256()
         h.update(self.name.encode())
         h.update(json.dumps([self.instructions, self.labels, self.stop]).encode())

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.eval_memo import EvalMemo, files_digest
+from benchmarks.eval_memo import EvalMemo
 from benchmarks.metering import CallRecord, ComputeRecord, UsageMeter
+from methods.artifacts import tree_digest
 from methods.base import Example, Prediction, PromptPolicy
 
 EXAMPLES = [Example("a", "1 + 1", "2"), Example("b", "2 + 2", "4")]
@@ -64,7 +65,7 @@ def test_a_policys_files_are_its_digest(tmp_path: Path) -> None:
     PromptPolicy(instruction="Add .").save(tmp_path / "a")
     PromptPolicy(instruction="Add .").save(tmp_path / "b")
     PromptPolicy(instruction="Sum .").save(tmp_path / "c")
-    digests = [files_digest(tmp_path / n) for n in "abc"]
+    digests = [tree_digest(tmp_path / n) for n in "abc"]
     assert digests[0] == digests[1] != digests[2]
 
 
