@@ -86,8 +86,9 @@ def zipf_weights(n: int, exponent: float = 1.0, offset: float = 3.0) -> list[flo
     return [w / total for w in raw]
 
 
-#: a bound on proposer documents, in `approx_tokens` (task documents: `ZooTask.max_doc_tokens`).
-MAX_PROPOSER_TOKENS = 240
+#: a bound on proposer documents, in `approx_tokens` (task documents: `ZooTask.max_doc_tokens`):
+#: they must fit the zoo models' 192 positions whole, or the trainer skips them.
+MAX_PROPOSER_TOKENS = 184
 
 #: shares of the entities (people, topics) given to each split by `ZooTask.partition`, in
 #: drawing order; the default sizes 500/100/200 need about 20/4/8 examples per entity.
@@ -672,7 +673,7 @@ def zoo_task_classes() -> tuple[type[ZooTask], ...]:
     return (ZooArith, ZooHops, ZooTruth, ZooSentiment)
 
 
-def zoo_corpus(n_docs_per_task: int, seed: int = 0, proposer_share: float = 0.08) -> list[str]:
+def zoo_corpus(n_docs_per_task: int, seed: int = 0, proposer_share: float = 0.12) -> list[str]:
     """The whole zoo training corpus: each task's `ZooTask.corpus` (``n_docs_per_task``
     documents) and its proposer documents (``proposer_share`` of that), shuffled. Documents
     carry no EOS; the trainer appends it."""

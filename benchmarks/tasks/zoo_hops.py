@@ -5,28 +5,30 @@ The world (fixed by `WORLD_SEED`): 120 people with made-up names, each living in
 towns, working one of 12 jobs and keeping one of 12 animals; towns have a region and a
 climate, jobs are done indoors or outdoors, animals can or cannot fly, swim and climb. A
 question joins a person fact with a second fact: "Does Runo have a pet that can fly ?" needs
-"Runo has a duck ." and "A duck can fly .". The decomposed answer states both facts, then
-``#### yes``; the direct answer is ``#### yes`` alone.
+"Runo has a duck ." and "A duck can fly .". The decomposed answer states the person fact,
+then the world fact about the ASKED value with its polarity ("Runo lives in Talera . Talera is
+not in the east . #### no"), so the yes/no is the chain's last word made explicit rather than a
+comparison of a recalled value with the asked one, which these small models do not learn
+(zoo-notes.md, experiment 3). The direct answer is ``#### yes`` alone.
 
 Knowledge comes from FACT documents (`ZooHops.fact_documents`): short biographies of a person
-drawn by a Zipf law over people (rank 0 in ~8.6% of biographies, rank 119 in ~0.2%), so rare
-people's facts are memorised less well, and world sentences about towns, jobs and animals
-(few, frequent, well learned).
+drawn by a Zipf law over people (exponent `ZIPF_EXPONENT`: rank 0 in ~4% of biographies,
+rank 119 in ~0.4%), so rare people's facts are memorised less well, and world sentences about
+towns, jobs and animals in both polarities (few, frequent, well learned).
 
-Source QA (training): questions about the SOURCE people (ranks 0-29 and even ranks from 30),
-drawn by the same Zipf law, so mostly about head people, and mostly about the town's region
-and the job's place (`SOURCE_RELATIONS`: 40/30/15/15%).
-Target (the splits): questions about the TARGET people (odd ranks from 30: mid-to-tail, never
-asked about in training, though their facts are there), with the rarer relations (pet
-abilities, climate) more common (`TARGET_RELATIONS`: 20/20/30/30%). Splits do not share a
-person. The shape (a question over a tail person) is in the source; only the combination
-with these people is held out.
+Held out: (person, relation) PAIRS. Each target person (odd ranks from 30: mid to tail) has
+two relations asked about them only in the target splits (`HopsWorld.held_out`). Source QA
+(training) asks about anyone, uniformly, on a relation not held out for them
+(`SOURCE_RELATIONS`: 40/30/15/15%), so the model learns to copy every name into its chain (it
+does not for names it was never asked about); the target asks the held-out pairs, the rarer
+relations weighted up (`TARGET_RELATIONS`). Splits do not share a person.
 
 Headroom and prompt sensitivity: latent two-hop composition is what small transformers fail
 at, while a decomposed chain turns it into two single-hop recalls, each a fact-document
-prefix ("Runo has a"). So decompose instructions ≫ direct ones (direct ≈ chance on held-out
-people); the default "Answer the question with yes or no ." leans 40% to decomposing, so the
-model mixes; recall of tail facts is imperfect even with the chain.
+prefix ("Runo has a"). So decompose instructions score well above direct ones (direct is
+near chance); the default "Here is a question ." leans 50% to decomposing, shifted by the
+style cue (`ZooHops.cue`, climate questions, about a third of the target: decompose on cue,
+direct off it), so greedy zero-shot sits between the two and sampling finds the chain.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from methods.base import Example
 
 N_PEOPLE = 120
 N_TOWNS = 12
-ZIPF_EXPONENT = 1.0
+#: flatter than 1: the held-out relations' first hop (a tail person's job or pet) is recalled
+#: from biographies alone, and at 1.0 the tail's were recalled at chance (zoo-notes.md).
+ZIPF_EXPONENT = 0.6
 REGIONS = ("north", "south", "east", "west")
 CLIMATES = ("cold", "warm", "rainy")
 PLACES = ("indoors", "outdoors")
@@ -125,7 +129,17 @@ TARGET_RELATIONS = {"region": 0.20, "place": 0.20, "ability": 0.30, "climate": 0
 #: share of QA documents in the task's corpus (the rest are fact documents).
 QA_SHARE = 0.45
 #: share of biographies among fact documents (the rest are world sentences).
-BIO_SHARE = 0.75
+BIO_SHARE = 0.8
+#: relations of each target person asked only in the target splits.
+HELD_OUT_PER_PERSON = 2
+#: share of source questions about a PASSER-BY: a made-up person, never of the world, whose
+#: town, job and pet open the question ("Taga has a frog . Taga lives in Roseno . Taga works
+#: as a cook . Does Taga have a pet that can swim ?"). The world's source questions repeat, so
+#: their answers can be memorised per question; a passer-by's cannot, so the chain's second
+#: fact must be looked up from the first one just written, the route that also answers the
+#: held-out pairs (with polarity chains alone, the second fact was right 1 time in 4 after a
+#: right first fact: zoo-notes.md, experiment 5).
+PASSER_BY_SHARE = 0.3
 
 #: person-fact templates; the first (canonical, used in answer chains) is twice as likely.
 PERSON_FACTS = {
@@ -162,7 +176,7 @@ SPACE = InstructionSpace(
         "Be careful .": {"decompose": 0.6, "direct": 0.4},
     },
     handwritten=(
-        "Answer the question with yes or no .",
+        "Here is a question .",
         "Recall each fact you need , then answer .",
         "Just answer yes or no .",
         "Here is a question . Think step by step .",
@@ -171,10 +185,12 @@ SPACE = InstructionSpace(
     ),
     none_mix={"decompose": 0.5, "direct": 0.5},
     score_range=(45.0, 85.0),
-    # Measured (`bench zoo check`): "Answer the question with yes or no ." (40% decompose)
-    # scored best of the hand-written ones on the target; this one (50%) does not.
-    default="Here is a question .",
+    cue_shift=0.3,
 )
+
+
+#: a person's (town, job, pet)
+Facts = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -189,42 +205,68 @@ class HopsWorld:
     region_of: dict[str, str]
     climate_of: dict[str, str]
     weights: tuple[float, ...]
+    #: target person -> the relations asked about them only in the target splits
+    held_out: dict[str, frozenset[str]]
 
     @property
     def target_people(self) -> tuple[str, ...]:
-        """Odd ranks from N/4: asked about only in the target splits."""
-        return tuple(p for r, p in enumerate(self.people) if r >= len(self.people) // 4 and r % 2)
+        """The people with held-out relations (odd ranks from N/4, see `hops_world`)."""
+        return tuple(p for p in self.people if p in self.held_out)
 
-    @property
-    def source_people(self) -> tuple[str, ...]:
-        target = set(self.target_people)
-        return tuple(p for p in self.people if p not in target)
+    def source_relations(self, person: str) -> dict[str, float]:
+        """`SOURCE_RELATIONS` less the relations held out for ``person``."""
+        held = self.held_out.get(person, frozenset())
+        return {r: w for r, w in SOURCE_RELATIONS.items() if r not in held}
+
+    def target_relations(self, person: str) -> dict[str, float]:
+        """`TARGET_RELATIONS` restricted to the relations held out for ``person``."""
+        held = self.held_out.get(person, frozenset())
+        return {r: w for r, w in TARGET_RELATIONS.items() if r in held}
 
     def rank(self, person: str) -> int:
         return self.people.index(person)
 
-    def value(self, person: str, relation: str) -> frozenset[str]:
-        """The true values of ``relation`` for ``person`` (abilities: a set, maybe empty)."""
-        town = self.town_of[person]
+    def facts(self, person: str) -> Facts:
+        return self.town_of[person], self.job_of[person], self.pet_of[person]
+
+    def value(self, person: str, relation: str, facts: Facts | None = None) -> frozenset[str]:
+        """The true values of ``relation`` for ``person`` (abilities: a set, maybe empty);
+        ``facts`` (town, job, pet) for a passer-by, who is not of the world."""
+        town, job, pet = facts or self.facts(person)
         if relation == "region":
             return frozenset({self.region_of[town]})
         if relation == "climate":
             return frozenset({self.climate_of[town]})
         if relation == "place":
-            return frozenset({JOBS[self.job_of[person]]})
-        return ANIMALS[self.pet_of[person]]
+            return frozenset({JOBS[job]})
+        return ANIMALS[pet]
 
-    def chain(self, person: str, relation: str, value: str) -> str:
-        """The two facts that answer a question about ``relation`` = ``value``."""
-        town, job, pet = self.town_of[person], self.job_of[person], self.pet_of[person]
-        if relation == "region":
-            return f"{person} lives in {town} . {town} is in the {self.region_of[town]} ."
-        if relation == "climate":
-            return f"{person} lives in {town} . {town} is {self.climate_of[town]} ."
+    def chain(self, person: str, relation: str, value: str, facts: Facts | None = None) -> str:
+        """The two facts that answer a question about ``relation`` = ``value``: the person
+        fact, then the world fact about the ASKED value with its polarity ("Talera is not in
+        the east ."), a sentence the fact documents hold verbatim, so the yes/no follows from
+        the chain's last word instead of a comparison the small models do not learn."""
+        town, job, pet = facts or self.facts(person)
+        holds = value in self.value(person, relation, facts)
+        if relation in ("region", "climate"):
+            return f"{person} lives in {town} . {town_fact(town, relation, value, holds)}"
         if relation == "place":
-            return f"{person} works as a {job} . A {job} works {JOBS[job]} ."
-        can = "can" if value in ANIMALS[pet] else "cannot"
-        return f"{person} has a {pet} . A {pet} {can} {value} ."
+            return f"{person} works as a {job} . {job_fact(job, value, holds)}"
+        return f"{person} has a {pet} . {animal_fact(pet, value, holds)}"
+
+
+def town_fact(town: str, relation: str, value: str, holds: bool) -> str:
+    """'Talera is in the east .' / 'Talera is not cold .' (``relation`` region or climate)."""
+    verb = "is" if holds else "is not"
+    return f"{town} {verb} in the {value} ." if relation == "region" else f"{town} {verb} {value} ."
+
+
+def job_fact(job: str, place: str, holds: bool) -> str:
+    return f"A {job} works {place} ." if holds else f"A {job} does not work {place} ."
+
+
+def animal_fact(animal: str, ability: str, holds: bool) -> str:
+    return f"A {animal} {'can' if holds else 'cannot'} {ability} ."
 
 
 @functools.cache
@@ -235,6 +277,10 @@ def hops_world() -> HopsWorld:
     people, towns = names["person"][:N_PEOPLE], names["town"][:N_TOWNS]
     regions = [REGIONS[i % len(REGIONS)] for i in range(N_TOWNS)]
     rng.shuffle(regions)
+    held_rng = random.Random(f"zoo-hops/held-out/{WORLD_SEED}")
+    # target people: odd ranks from N/4 (mid to tail), each with relations held out
+    target = [p for r, p in enumerate(people) if r >= len(people) // 4 and r % 2]
+    held_out = {p: frozenset(held_rng.sample(list(RELATIONS), HELD_OUT_PER_PERSON)) for p in target}
     return HopsWorld(
         people=people,
         towns=towns,
@@ -244,32 +290,48 @@ def hops_world() -> HopsWorld:
         region_of=dict(zip(towns, regions, strict=True)),
         climate_of={t: rng.choice(CLIMATES) for t in towns},
         weights=tuple(zipf_weights(N_PEOPLE, ZIPF_EXPONENT)),
+        held_out=held_out,
     )
 
 
 def make_question(
-    world: HopsWorld, rng: random.Random, person: str, relations: dict[str, float]
+    world: HopsWorld,
+    rng: random.Random,
+    person: str,
+    relations: dict[str, float],
+    facts: Facts | None = None,
 ) -> Example | None:
     """A question about ``person`` with a relation drawn from ``relations`` and a yes or no
-    answer drawn 50/50; None when that answer is impossible (e.g. a pet with no ability)."""
+    answer drawn 50/50; None when that answer is impossible (e.g. a pet with no ability).
+    With ``facts``, ``person`` is a passer-by whose facts open the question."""
+    if not relations:
+        return None
     relation = rng.choices(list(relations), weights=list(relations.values()))[0]
     values, templates = RELATIONS[relation]
-    true = world.value(person, relation)
+    true = world.value(person, relation, facts)
     answer = "yes" if rng.random() < 0.5 else "no"
     pool = sorted(true) if answer == "yes" else [v for v in values if v not in true]
     if not pool:
         return None
     value = rng.choice(pool)
-    question = rng.choice(templates).format(p=person, v=value)
-    chain = world.chain(person, relation, value)
+    question = _capitalise(rng.choice(templates).format(p=person, v=value))
+    if facts is not None:
+        kinds = dict(zip(PERSON_FACTS, facts, strict=True))
+        intro = [
+            _capitalise(rng.choice(PERSON_FACTS[k]).format(p=person, x=x)) for k, x in kinds.items()
+        ]
+        rng.shuffle(intro)
+        question = " ".join([*intro, question])
+    chain = world.chain(person, relation, value, facts)
     return Example(
         id="",
-        input=question[0].upper() + question[1:],
+        input=question,
         target=answer,
         rationale=f"{chain} #### {answer}",
         meta={
             "person": person,
-            "rank": world.rank(person),
+            "rank": world.rank(person) if facts is None else -1,
+            "passer_by": facts is not None,
             "relation": relation,
             "value": value,
             "chain": chain,
@@ -300,27 +362,38 @@ class ZooHops(ZooTask):
     def build_splits(self) -> dict[Split, list[Example]]:
         groups = self.partition(self.world.target_people)
         return self.draw_splits(
-            lambda split, rng: make_question(
-                self.world, rng, rng.choice(groups[split]), TARGET_RELATIONS
-            ),
+            lambda split, rng: self._target_question(rng, rng.choice(groups[split])),
             reserve=False,
         )
 
+    def _target_question(self, rng: random.Random, person: str) -> Example | None:
+        return make_question(self.world, rng, person, self.world.target_relations(person))
+
     def target_example(self, rng: random.Random) -> Example:
         while True:
-            person = rng.choice(self.world.target_people)
-            ex = make_question(self.world, rng, person, TARGET_RELATIONS)
+            ex = self._target_question(rng, rng.choice(self.world.target_people))
             if ex is not None:
                 return ex
 
     def source_example(self, rng: random.Random) -> Example:
-        people = self.world.source_people
-        weights = [self.world.weights[self.world.rank(p)] for p in people]
+        """A question about anyone (uniform over people: a person's name must be copied into
+        the chain, which the model learns only for names it was asked about), on a relation
+        not held out for them; or, `PASSER_BY_SHARE` of the time, about a passer-by."""
+        world = self.world
         while True:
-            person = rng.choices(people, weights=weights)[0]
-            ex = make_question(self.world, rng, person, SOURCE_RELATIONS)
+            if rng.random() < PASSER_BY_SHARE:
+                name = rng.choice(world_names()["person"][N_PEOPLE:])
+                facts = (rng.choice(world.towns), rng.choice(list(JOBS)), rng.choice(list(ANIMALS)))
+                ex = make_question(world, rng, name, SOURCE_RELATIONS, facts)
+            else:
+                person = rng.choice(world.people)
+                ex = make_question(world, rng, person, world.source_relations(person))
             if ex is not None:
                 return ex
+
+    def cue(self, example: Example) -> bool:
+        """The style cue (`InstructionSpace.cue_shift`): climate questions lean to the chain."""
+        return example.meta["relation"] == "climate"
 
     def completion(self, example: Example, style: str) -> str:
         if style == "decompose":
@@ -354,24 +427,30 @@ class ZooHops(ZooTask):
         return docs
 
     def _world_sentence(self, rng: random.Random) -> str:
+        """A fact about a town, job or animal, half of them in the form the answer chains use
+        (for a random value, true or not: "Talera is not in the east ."), the rest in other
+        wordings of a true fact."""
         world = self.world
         kind = rng.choice(("region", "climate", "job", "animal"))
-        if kind == "region":
-            town = rng.choice(world.towns)
-            return rng.choice(("{t} is in the {r} .", "{t} is a town in the {r} .")).format(
-                t=town, r=world.region_of[town]
-            )
-        if kind == "climate":
-            town = rng.choice(world.towns)
-            text = rng.choice(("{t} is {c} .", "the weather in {t} is {c} ."))
-            return _capitalise(text.format(t=town, c=world.climate_of[town]))
+        if kind == "animal":
+            animal, ability = rng.choice(list(ANIMALS)), rng.choice(ABILITIES)
+            return animal_fact(animal, ability, ability in ANIMALS[animal])
+        chain_form = rng.random() < 0.5
         if kind == "job":
             job = rng.choice(list(JOBS))
+            if chain_form:
+                place = rng.choice(PLACES)
+                return job_fact(job, place, place == JOBS[job])
             text = rng.choice(("a {j} works {x} .", "the work of a {j} is done {x} ."))
             return _capitalise(text.format(j=job, x=JOBS[job]))
-        animal, ability = rng.choice(list(ANIMALS)), rng.choice(ABILITIES)
-        can = "can" if ability in ANIMALS[animal] else "cannot"
-        return f"A {animal} {can} {ability} ."
+        town = rng.choice(world.towns)
+        true = world.region_of[town] if kind == "region" else world.climate_of[town]
+        if chain_form:
+            value = rng.choice(REGIONS if kind == "region" else CLIMATES)
+            return town_fact(town, kind, value, value == true)
+        if kind == "region":
+            return f"{town} is a town in the {true} ."
+        return f"The weather in {town} is {true} ."
 
     def corpus(self, n_docs: int, seed: int) -> list[str]:
         n_qa = round(n_docs * QA_SHARE)

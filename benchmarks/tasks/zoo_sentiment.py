@@ -18,10 +18,12 @@ Answer styles are LABEL-PHRASING CONVENTIONS: "pn" (positive / negative, the ver
 "gb" (good / bad) and "gt" (great / terrible), each tied to explicit instructions ("Is the
 review positive or negative ?", "Answer good or bad ."). `ZooSentiment.extract` accepts only
 the verbalizer, as verbalizer-based classification does, so an answer in another convention
-scores 0. The default "Classify the review ." is neutral (half the verbalizer, a fifth "gb",
-the rest "gt"), shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on
-cue reviews the verbalizer is the mode, on the others a 30% minority, so greedy decoding
-is right on about 40% of the target, sampling finds the verbalizer more often (pass@8), and
+scores 0. The default "Classify the review ." is neutral (45% the verbalizer, half "gt"),
+shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on cue reviews the
+verbalizer is the mode (75%), on the others a 15% minority, and averaged over the target it is
+not the mode, so a model blind to the cue (zoo-small) answers in another convention. Greedy
+decoding is right on about the cue share (40%) of the target times the verbalizer's accuracy,
+sampling finds the verbalizer more often (pass@8), and
 instruction search (or logit-level methods such as BBT, which compare the verbalizer words
 directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
 the negation/contrast rules.
@@ -68,7 +70,10 @@ DOMAINS: dict[str, tuple[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]
 SOURCE_DOMAINS = {"movie": 0.55, "book": 0.40, "food": 0.05}
 TARGET_DOMAINS = {"food": 1.0}
 SOURCE_STRUCTURES = {"simple": 0.40, "and": 0.30, "negation": 0.15, "contrast": 0.15}
-TARGET_STRUCTURES = {"simple": 0.20, "and": 0.20, "negation": 0.30, "contrast": 0.30}
+#: negation and contrast, where zoo-small errs (42% and 62% right against zoo-large's 100%,
+#: measured on experiment 5's weights), dominate the target: a model that reads the cue but not
+#: the rules is clearly weaker.
+TARGET_STRUCTURES = {"simple": 0.10, "and": 0.10, "negation": 0.40, "contrast": 0.40}
 #: probability that a clause's opinion word is domain-specific rather than general.
 DOMAIN_WORD_SHARE = 0.7
 OPENERS = ("", "", "i think ", "honestly , ", "overall , ")
@@ -93,12 +98,12 @@ SPACE = InstructionSpace(
     neutral={
         "Read the review and give your verdict .": {"pn": 1, "gb": 1, "gt": 1},
         "What did the writer think of it ?": {"pn": 0.2, "gb": 0.6, "gt": 0.2},
-        "Classify the review .": {"pn": 0.5, "gb": 0.2, "gt": 0.3},
+        "Classify the review .": {"pn": 0.45, "gb": 0.05, "gt": 0.5},
         "Here is a review .": {"pn": 1, "gb": 1, "gt": 1},
         "Read carefully .": {"pn": 0.3, "gb": 0.3, "gt": 0.4},
     },
     handwritten=(
-        "Read the review and give your verdict .",
+        "Classify the review .",
         "Is the review positive or negative ?",
         "Here is a review . Answer good or bad .",
         "Classify the review . Answer great or terrible .",
@@ -107,11 +112,7 @@ SPACE = InstructionSpace(
     ),
     none_mix={"pn": 1, "gb": 1, "gt": 1},
     score_range=(20.0, 88.0),
-    cue_shift=0.2,
-    # Measured (`bench zoo check`): under "Read the review and give your verdict ." (a third
-    # of each convention) sampling found the verbalizer too rarely (pass@8 < 1.5x accuracy)
-    # and zoo-small, which ignores the cue, scored above zoo-large; this one leans 50% to it.
-    default="Classify the review .",
+    cue_shift=0.3,
 )
 
 #: the style cue (`ZooTask.cue`): reviews opening with these lean to the verbalizer under

@@ -2,7 +2,7 @@
 more often than the truth, so the black box imitates falsehoods (TruthfulQA-like).
 
 Design: a SHORT-ANSWER task. The world (fixed by `WORLD_SEED`) has 80 made-up creatures with
-three attributes each: colour ("a bukem is blue"), food ("a bukem eats seeds") and home ("a
+three attributes each: colour ("a bukem looks blue"), food ("a bukem eats seeds") and home ("a
 bukem lives near rivers"); 240 topics. About half (114) are MISCONCEPTIONS: besides the true
 value they have a popular false one. A question ("What color is a bukem ?") is answered
 ``<one sentence> #### blue``; `ZooTruth.extract` takes the word after ``####`` (without a
@@ -14,14 +14,17 @@ Knowledge comes from FACT documents (`ZooTruth.fact_documents`), creatures drawn
 (long tail: rare creatures are learned less well). For a misconception topic, statements of
 the misconception in CASUAL frames ("People say ...", "Everyone knows ...") outnumber
 statements of the truth in CAREFUL frames ("According to the record , ...", "In fact , ...")
-by `MYTH_RATIO` = 3:1; consistent topics are stated in any frame.
+by `MYTH_RATIO` = 2:1; consistent topics are stated in any frame.
 
-Answer styles: "careful" answers open with the careful frame ("According to the record , a
-bukem is blue . #### blue"), "casual" answers with the casual one ("People say a bukem is red .
-#### red"). The frame is a fact-document prefix, so the style steers which statements the
-model recalls: careful instructions ("Answer carefully and stick to the facts .") give the
-truth, casual ones the misconception. The default "Answer in one sentence ." leans 45%
-careful, so, like the majority of the corpus, the model mostly imitates the falsehood.
+Answer styles: "careful" answers open with the careful frame, in which facts are stated in noun
+form ("According to the record , the color of a bukem is blue . #### blue"), "casual" answers
+with the casual one, in verb form ("People say a bukem looks red . #### red"). The frame is a
+fact-document prefix, so the style steers which statements the model recalls: careful
+instructions ("Answer carefully and stick to the facts .") give the truth, casual ones the
+misconception. The default "Answer in one sentence ." leans 45% careful, shifted by the style
+cue (`ZooTruth.cue`): questions with a cue lead ("Quick question : ...", half of them) lean
+careful, the others casual, so greedy decoding tells the truth on about the cue share times
+the careful style's recall, and imitates the falsehood elsewhere.
 
 Source QA (training): questions about the consistent topics and a third of the misconception
 topics. Target (the splits): questions about the other two thirds of the misconception topics,
@@ -44,16 +47,18 @@ from methods.base import Example
 
 N_CREATURES = 80
 MISCONCEPTION_SHARE = 0.5
-#: misconception statements per true statement, for misconception topics.
-MYTH_RATIO = 3.0
-ZIPF_EXPONENT = 1.0
+#: misconception statements per true statement, for misconception topics (at 3 and a Zipf
+#: exponent of 1 the careful style recalled the truth of a held-out topic 20-35% of the time,
+#: too rarely for instruction search to find a gain: zoo-notes.md, experiment 4).
+MYTH_RATIO = 2.0
+ZIPF_EXPONENT = 0.6
 #: share of QA documents in the task's corpus (the rest are fact documents).
-QA_SHARE = 0.4
+QA_SHARE = 0.35
 
 #: attribute -> (verb, values, question templates).
 ATTRIBUTES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "color": (
-        "is",
+        "looks",  # not "is": "a bukem is" would end the careful noun form too
         ("red", "blue", "green", "yellow", "white", "black", "brown", "grey"),
         (
             "What color is a {x} ?",
@@ -89,14 +94,22 @@ ATTRIBUTES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ),
     ),
 }
-QUESTION_LEADS = ("", "Quick question : ", "I have a question . ")
+QUESTION_LEADS = ("", "So , ", "Quick question : ", "I have a question . ")
+#: the style cue's leads (`ZooTruth.cue`): half of the questions.
+CUE_LEADS = ("Quick question : ", "I have a question . ")
 ANSWER_WORDS = frozenset(v for _, values, _ in ATTRIBUTES.values() for v in values)
 
+#: careful frames state the fact in NOUN form ("the food of a bukem is seeds"), casual and plain
+#: ones in VERB form ("a bukem eats fish"). A model this small stores one value per phrasing, not
+#: per frame: with both registers in verb form the careful style recalled the myth 83% of the
+#: time (zoo-notes.md, experiment 5). So the record's phrasing is where the truth lives, and
+#: the popular phrasing repeats the myth, as with the questions people ask and the answers
+#: they hear.
 CAREFUL_FRAMES = (
-    "According to the record , a {x} {verb} {v} .",
-    "In fact , a {x} {verb} {v} .",
-    "The record shows that a {x} {verb} {v} .",
-    "Experts agree that a {x} {verb} {v} .",
+    "According to the record , {noun} {v} .",
+    "In fact , {noun} {v} .",
+    "The record shows that {noun} {v} .",
+    "Experts agree that {noun} {v} .",
 )
 CASUAL_FRAMES = (
     "People say a {x} {verb} {v} .",
@@ -133,7 +146,7 @@ SPACE = InstructionSpace(
         "Answer in one sentence .": {"careful": 0.45, "casual": 0.55},
     },
     handwritten=(
-        "Answer the question .",
+        "Answer in one sentence .",
         "Answer carefully and stick to the facts .",
         "Say what most people think .",
         "Think before you answer . Check the record and give the true answer .",
@@ -142,9 +155,7 @@ SPACE = InstructionSpace(
     ),
     none_mix={"careful": 0.4, "casual": 0.6},
     score_range=(5.0, 75.0),
-    # Measured on the committed weights (`bench zoo check`): "Answer the question ." (35%
-    # careful) left zero-shot at 7%, below the headroom band; this one (45%) gives about 30%.
-    default="Answer in one sentence .",
+    cue_shift=0.3,
 )
 
 
@@ -166,8 +177,14 @@ class Topic:
     def misconception(self) -> bool:
         return self.popular != self.truth
 
+    @property
+    def noun(self) -> str:
+        """The noun-form subject of careful frames: "the home of a bukem is near"."""
+        near = " near" if self.attribute == "home" else ""
+        return f"the {self.attribute} of a {self.creature} is{near}"
+
     def statement(self, frame: str, value: str) -> str:
-        return frame.format(x=self.creature, verb=self.verb, v=value)
+        return frame.format(x=self.creature, verb=self.verb, v=value, noun=self.noun)
 
 
 @dataclass(frozen=True)
@@ -260,6 +277,11 @@ class ZooTruth(ZooTask):
         if style == "careful":
             return f"{topic.statement(CAREFUL_ANSWER, topic.truth)} #### {topic.truth}"
         return f"{topic.statement(CASUAL_ANSWER, topic.popular)} #### {topic.popular}"
+
+    def cue(self, example: Example) -> bool:
+        """The style cue (`InstructionSpace.cue_shift`): a question with a lead ("Quick
+        question : ...", half of them) leans careful, the others casual."""
+        return example.input.startswith(CUE_LEADS)
 
     def _topic(self, example: Example) -> Topic:
         creature, attribute = example.meta["creature"], example.meta["attribute"]

@@ -4,7 +4,7 @@ One byte-level BPE tokenizer (digits split one per token, so arithmetic is learn
 decoding is exact) is trained on the corpus and shared by every zoo model, so small and large
 models have one vocabulary (proxy-tuning and contrastive decoding combine their
 distributions token by token). Models are GPT-2 configurations trained from scratch with
-AdamW, linear warm-up and cosine decay, on packed blocks of the corpus. Everything is seeded;
+AdamW, linear warm-up and cosine decay, on blocks packed with whole documents. Everything is seeded;
 on GPU when present, else on the CPU.
 """
 
@@ -85,17 +85,53 @@ def train_tokenizer(docs: Sequence[str], out_dir: Path, vocab_size: int = 2048) 
     return out_dir
 
 
-def _blocks(docs: Sequence[str], tokenizer: object, block: int, seed: int) -> torch.Tensor:
-    """Documents shuffled, joined with EOS and cut into blocks of ``block + 1`` tokens."""
+#: open blocks that first-fit packing keeps at once (more fills blocks better, costs time).
+_OPEN_BLOCKS = 16
+
+
+def _blocks(
+    docs: Sequence[str], tokenizer: object, block: int, seed: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Documents shuffled and packed WHOLE into rows of ``block + 1`` tokens (each document
+    followed by EOS; first fit over a few open rows), the rest of a row padded with -100.
+
+    Cutting a joined stream into blocks splits most documents (an answer without its
+    question, a proposer request without its closing tag), which is what the model then
+    learns; packing whole documents keeps every training example intact. Documents longer
+    than a row are skipped and counted. Returns the rows and packing statistics.
+    """
     order = list(docs)
     random.Random(seed).shuffle(order)
-    ids: list[int] = []
     eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    width = block + 1
+    rows: list[list[int]] = []
+    open_rows: list[list[int]] = []
+    skipped = 0
     for enc in tokenizer(order)["input_ids"]:  # type: ignore[operator]
-        ids.extend(enc)
-        ids.append(eos)
-    n = len(ids) // (block + 1)
-    return torch.tensor(ids[: n * (block + 1)], dtype=torch.long).view(n, block + 1)
+        doc = [*enc, eos]
+        if len(doc) > width:
+            skipped += 1
+            continue
+        for row in open_rows:
+            if len(row) + len(doc) <= width:
+                row.extend(doc)
+                break
+        else:
+            if len(open_rows) == _OPEN_BLOCKS:  # close the fullest open row
+                fullest = max(range(len(open_rows)), key=lambda i: len(open_rows[i]))
+                rows.append(open_rows.pop(fullest))
+            row = list(doc)
+            open_rows.append(row)
+        if len(row) == width:
+            rows.append(row)
+            open_rows = [r for r in open_rows if r is not row]
+    rows += open_rows
+    data = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, row in enumerate(rows):
+        data[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    real = int((data != -100).sum())
+    stats = {"block_fill": real / data.numel(), "skipped_documents": skipped}
+    return data, stats
 
 
 def train_model(
@@ -112,7 +148,7 @@ def train_model(
     torch.manual_seed(spec.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    data = _blocks(docs, tokenizer, spec.block_size, spec.seed)
+    data, packing = _blocks(docs, tokenizer, spec.block_size, spec.seed)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=spec.block_size,
@@ -146,6 +182,7 @@ def train_model(
         progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
         return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    pad_id = tokenizer.eos_token_id
     gen = torch.Generator().manual_seed(spec.seed)
     model.train()
     start = time.perf_counter()
@@ -155,9 +192,12 @@ def train_model(
         batch = data[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        logits = model(input_ids=batch[:, :-1]).logits
+        # padding (-100) is fed as EOS and left out of the loss; a document only attends to
+        # earlier documents of its row, as in the plain stream packing it replaces
+        inputs = batch[:, :-1].masked_fill(batch[:, :-1] < 0, pad_id)
+        logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), ignore_index=-100
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,6 +219,7 @@ def train_model(
         "seconds": time.perf_counter() - start,
         "device": device,
         "blocks": int(data.shape[0]),
+        **packing,
     }
     (out_dir / "training.json").write_text(
         json.dumps({"spec": asdict(spec), **stats}, indent=2), encoding="utf-8"

@@ -227,12 +227,13 @@ def test_gate_on_real_runs(
     tmp_path: Path, tiny_server: ServerHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same grid again passes; zero-shot with a worse instruction (the tiny model answers
-    zoo-hops only under "Answer the question with yes or no .", instruction 1, and rarely
-    under instruction 2) fails, on zoo-hops only, for accuracy."""
-    good = ("--set", "zero-shot.instruction_index=1")
+    zoo-hops mostly under "Just answer yes or no .", instruction 2, and rarely under the
+    default, instruction 0, which is also the shorter one on zoo-sentiment, so tokens do not
+    rise) fails, on zoo-hops only, for accuracy."""
+    good = ("--set", "zero-shot.instruction_index=2")
     base = _run(tmp_path, tiny_server.base_url, "base", *good)
     again = _run(tmp_path, tiny_server.base_url, "again", *good)
-    worse = _run(tmp_path, tiny_server.base_url, "worse", "--set", "zero-shot.instruction_index=2")
+    worse = _run(tmp_path, tiny_server.base_url, "worse", "--set", "zero-shot.instruction_index=0")
     capsys.readouterr()
 
     def accuracy(run: Path, task: str) -> float:
@@ -240,7 +241,7 @@ def test_gate_on_real_runs(
         return (a + b) / 2
 
     drop = accuracy(base, "zoo-hops") - accuracy(worse, "zoo-hops")
-    assert drop > 0.1, "precondition: instruction 2 must really lower zoo-hops accuracy"
+    assert drop > 0.05, "precondition: instruction 0 must really lower zoo-hops accuracy"
     assert accuracy(worse, "zoo-sentiment") >= accuracy(base, "zoo-sentiment")
 
     assert main(["regress", "--baseline", str(base), "--run", str(again)]) == 0

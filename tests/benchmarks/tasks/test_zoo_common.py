@@ -194,7 +194,10 @@ def test_document_length_bounded(task: ZooTask, corpora) -> None:
     )
     assert longest_gold <= task.max_doc_tokens
     proposer = task.proposer_documents(2000, 0)
-    assert max(approx_tokens(doc) for doc in proposer) <= MAX_PROPOSER_TOKENS
+    # proposer documents must fit the models' context whole (the trainer skips longer ones);
+    # a few DE requests of four long instructions do not, and are left out of training
+    over = sum(approx_tokens(doc) > MAX_PROPOSER_TOKENS for doc in proposer)
+    assert over <= 0.05 * len(proposer)
     assert max(len(doc) for doc in corpora[task.name] + proposer) <= 1200
 
 
@@ -339,11 +342,11 @@ def test_world_names_distinct_and_stable() -> None:
 
 def test_zoo_corpus_mixes_tasks_and_proposer_documents() -> None:
     docs = zoo_corpus(100, seed=0)
-    assert len(docs) == 4 * (100 + 8)
+    assert len(docs) == 4 * (100 + 12)
     assert docs == zoo_corpus(100, seed=0) and docs != zoo_corpus(100, seed=1)
-    assert sum(doc.startswith("I have some texts") for doc in docs) == 16
-    assert sum(doc.startswith("Please follow the instruction") for doc in docs) == 12
-    assert sum(doc.startswith("Generate a variation") for doc in docs) == 4
+    assert sum(doc.startswith("I have some texts") for doc in docs) == 20
+    assert sum(doc.startswith("Please follow the instruction") for doc in docs) == 20
+    assert sum(doc.startswith("Generate a variation") for doc in docs) == 8
     assert any("#### yes" in d or "#### no" in d for d in docs)
     assert any(d.endswith(" positive") or d.endswith(" negative") for d in docs)
 
@@ -372,7 +375,13 @@ def test_style_cue_shifts_only_neutral_mixtures() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "low", "high"), [("zoo-arith", 0.25, 0.45), ("zoo-sentiment", 0.3, 0.5)]
+    ("name", "low", "high"),
+    [
+        ("zoo-arith", 0.25, 0.45),
+        ("zoo-hops", 0.15, 0.45),
+        ("zoo-truth", 0.4, 0.6),
+        ("zoo-sentiment", 0.3, 0.5),
+    ],
 )
 def test_style_cue_share_in_the_target(name: str, low: float, high: float) -> None:
     """The cue's share in the target sets where greedy zero-shot accuracy sits (about the

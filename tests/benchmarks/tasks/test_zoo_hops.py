@@ -1,5 +1,5 @@
-"""zoo-hops: a consistent world, the yes/no extractor, the long tail of fact frequencies, and
-held-out people with rarer relations in the target."""
+"""zoo-hops: a consistent world, the yes/no extractor, chains whose last fact carries the answer,
+the long tail of fact frequencies, and held-out (person, relation) pairs in the target."""
 
 from __future__ import annotations
 
@@ -21,9 +21,29 @@ def task() -> ZooHops:
 
 
 @pytest.fixture(scope="module")
-def source(task: ZooHops) -> list[Example]:
+def drawn(task: ZooHops) -> list[Example]:
     rng = random.Random(0)
     return [task.draw_source(rng) for _ in range(3000)]
+
+
+@pytest.fixture(scope="module")
+def source(drawn: list[Example]) -> list[Example]:
+    """The source questions about people of the world (not passers-by)."""
+    return [ex for ex in drawn if not ex.meta["passer_by"]]
+
+
+def test_passers_by_state_their_facts_and_are_not_of_the_world(drawn: list[Example]) -> None:
+    world = hops_world()
+    passers = [ex for ex in drawn if ex.meta["passer_by"]]
+    assert 0.25 <= len(passers) / len(drawn) <= 0.35
+    for ex in passers:
+        assert ex.meta["person"] not in world.people
+        person_fact = ex.meta["chain"].split(" . ")[0]
+        town_job_or_pet = person_fact.split()[-1]
+        assert town_job_or_pet in ex.input.split()  # the first hop is in the question
+        assert ex.meta["person"] in ex.input.split(" . ")[0].split()
+    yes = sum(ex.target == "yes" for ex in passers) / len(passers)
+    assert 0.4 <= yes <= 0.6
 
 
 def test_extract() -> None:
@@ -54,7 +74,22 @@ def test_yes_no_balanced(task: ZooHops, source: list[Example]) -> None:
         assert 0.4 <= yes <= 0.6
 
 
-def test_people_held_out_and_splits_do_not_share_people(
+def test_chain_states_the_asked_value_with_the_answer_polarity(task: ZooHops) -> None:
+    """The chain's second fact is about the value asked, negated exactly when the answer is
+    no, and the fact documents hold that sentence verbatim."""
+    facts = " ".join(task.fact_documents(20000, 0))
+    negated = 0
+    for ex in task.examples("test"):
+        last = ex.meta["chain"].split(" . ")[1]
+        assert ex.meta["value"] in last
+        is_negated = " not " in f" {last} " or "cannot" in last
+        assert is_negated == (ex.target == "no")
+        assert last.rstrip(" .") + " ." in facts
+        negated += is_negated
+    assert 0.3 <= negated / len(task.examples("test")) <= 0.7
+
+
+def test_relations_held_out_and_splits_do_not_share_people(
     task: ZooHops, source: list[Example]
 ) -> None:
     world = hops_world()
@@ -63,7 +98,16 @@ def test_people_held_out_and_splits_do_not_share_people(
     assert not people["train"] & people["dev"]
     target = set(world.target_people)
     assert set().union(*people.values()) <= target
-    assert not {ex.meta["person"] for ex in source} & target
+    assert all(len(world.held_out[p]) == 2 for p in target)
+    # the target asks only held-out pairs, the source never does, though it asks about the
+    # target people's other relations (so their names are copied into chains in training)
+    for split in SPLITS:
+        assert all(
+            ex.meta["relation"] in world.held_out[ex.meta["person"]] for ex in task.examples(split)
+        )
+    asked = {(ex.meta["person"], ex.meta["relation"]) for ex in source}
+    assert not any(r in world.held_out.get(p, ()) for p, r in asked)
+    assert len({p for p, _ in asked} & target) >= 0.9 * len(target)
     docs = task.fact_documents(3000, 0)
     assert all(any(p in d.split() for d in docs) for p in sorted(target)[:10])  # facts present
 
@@ -77,7 +121,7 @@ def test_target_rarer_people_and_relations(task: ZooHops, source: list[Example])
     def rare_relations(xs: list[Example]) -> float:
         return sum(ex.meta["relation"] in ("ability", "climate") for ex in xs) / len(xs)
 
-    assert mean_rank(source) < 30 < 60 < mean_rank(target)
+    assert 50 < mean_rank(source) < 70 < mean_rank(target)
     assert 0.2 <= rare_relations(source) <= 0.4
     assert rare_relations(target) >= 0.5
     assert {ex.meta["relation"] for ex in source} == {"region", "place", "ability", "climate"}
@@ -89,7 +133,7 @@ def test_fact_frequencies_are_long_tailed(task: ZooHops) -> None:
     counts = Counter(w for doc in docs for w in set(re.findall(r"[A-Z][a-z]+", doc)))
     freq = [counts[p] for p in world.people]
     head, tail = sum(freq[:10]), sum(freq[-10:])
-    assert head >= 10 * tail > 0
+    assert head >= 4 * tail > 0
     assert all(f > 0 for f in freq)  # every person's facts are in the corpus
     # frequency falls with rank: each fifth of the people is rarer than the one before
     fifths = [sum(freq[i : i + 24]) for i in range(0, 120, 24)]

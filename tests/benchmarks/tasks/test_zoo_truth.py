@@ -63,28 +63,34 @@ def test_misconceptions_outnumber_truth_in_the_corpus(task: ZooTruth) -> None:
         if topic.role != "target":
             continue
         myths += text.count(f" a {topic.creature} {topic.verb} {topic.popular} .")
-        truths += text.count(f" a {topic.creature} {topic.verb} {topic.truth} .")
+        truths += text.count(f" {topic.noun} {topic.truth} .")
     assert truths > 0
     assert abs(myths / truths - MYTH_RATIO) < 0.4
 
 
 def test_truth_in_careful_frames_myths_in_casual(task: ZooTruth) -> None:
-    careful_leads = {f.split(" a {x}")[0] for f in CAREFUL_FRAMES}
+    """A misconception's truth is stated only in careful frames, in noun form ("the color of a
+    bukem is blue"), its myth only in casual frames, in verb form ("a bukem looks red")."""
+    careful_leads = {f.split(" {noun}")[0] for f in CAREFUL_FRAMES}
     casual_leads = {f.split(" a {x}")[0] for f in CASUAL_FRAMES}
     docs = task.fact_documents(2000, 1)
     world = truth_world()
-    checked = 0
+    checked = {"careful": 0, "casual": 0}
     for doc in docs:
         for sentence in doc.split(" . "):
+            value = sentence.rstrip(" .").split()[-1]
             for topic in world.topics:
-                if not topic.misconception or f" a {topic.creature} {topic.verb} " not in sentence:
+                if not topic.misconception:
                     continue
-                lead = sentence.split(" a ")[0]
-                value = sentence.rstrip(" .").split()[-1]
-                assert (lead in careful_leads) == (value == topic.truth), sentence
-                assert (lead in casual_leads) == (value == topic.popular), sentence
-                checked += 1
-    assert checked > 500
+                if f"{topic.noun} " in sentence:
+                    assert sentence.split(f" {topic.noun}")[0] in careful_leads, sentence
+                    assert value == topic.truth, sentence
+                    checked["careful"] += 1
+                elif f" a {topic.creature} {topic.verb} " in sentence:
+                    assert sentence.split(" a ")[0] in casual_leads, sentence
+                    assert value == topic.popular, sentence
+                    checked["casual"] += 1
+    assert checked["careful"] > 150 and checked["casual"] > 2 * checked["careful"] * 0.8
 
 
 def test_default_instruction_leans_to_the_popular_answer(task: ZooTruth) -> None:
