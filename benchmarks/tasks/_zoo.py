@@ -195,9 +195,10 @@ class InstructionSpace:
             draws from (their order fixes the corpus, so it stays as trained).
         default: the untuned instruction (``Task.instructions[0]``, what zero-shot uses):
             neutral phrases of the space only, so a mixture that is not the best; None:
-            ``handwritten[0]``. Chosen by measurement (`bench zoo check`) so that zero-shot
-            accuracy has headroom both ways; the other hand-written ones follow it in
-            `instructions`.
+            ``handwritten[0]``, which the zoo tasks use: an instruction the corpus trains with
+            (a default outside ``handwritten`` appears only in rare random compositions, and
+            what the model does under it changed with every retraining: zoo-notes.md,
+            experiment 5). The other hand-written ones follow it in `instructions`.
         none_mix: the mixture under no instruction (and under unknown phrases only).
         score_range: (low, high) percent scores simulated in OPRO documents for an
             instruction whose best-style probability is 0 or 1.
