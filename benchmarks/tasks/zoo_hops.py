@@ -25,10 +25,12 @@ relations weighted up (`TARGET_RELATIONS`). Splits do not share a person.
 
 Headroom and prompt sensitivity: latent two-hop composition is what small transformers fail
 at, while a decomposed chain turns it into two single-hop recalls, each a fact-document
-prefix ("Runo has a"). So decompose instructions score well above direct ones (direct is
-near chance); the default "Here is a question ." leans 50% to decomposing, shifted by the
-style cue (`ZooHops.cue`, climate questions, about a third of the target: decompose on cue,
-direct off it), so greedy zero-shot sits between the two and sampling finds the chain.
+prefix ("Runo has a"). So decompose instructions should score well above direct ones (direct
+is near chance); on the committed weights they do not, because the chain's second fact states
+the town's or job's true value instead of the asked one (zoo-notes.md, experiment 5). The
+default "Here is a question ." leans 50% to decomposing, shifted by the style cue
+(`ZooHops.cue`, climate questions, about a third of the target: decompose on cue, direct off
+it), so greedy zero-shot sits between the two and sampling finds the chain.
 """
 
 from __future__ import annotations
