@@ -318,9 +318,9 @@ def make_question(
     value = rng.choice(pool)
     question = _capitalise(rng.choice(templates).format(p=person, v=value))
     if facts is not None:
-        kinds = dict(zip(PERSON_FACTS, facts, strict=True))
         intro = [
-            _capitalise(rng.choice(PERSON_FACTS[k]).format(p=person, x=x)) for k, x in kinds.items()
+            person_sentence(rng, person, kind, x)
+            for kind, x in zip(PERSON_FACTS, facts, strict=True)
         ]
         rng.shuffle(intro)
         question = " ".join([*intro, question])
@@ -343,6 +343,11 @@ def make_question(
 
 def _capitalise(text: str) -> str:
     return text[0].upper() + text[1:]
+
+
+def person_sentence(rng: random.Random, person: str, kind: str, value: str) -> str:
+    """A person fact of ``kind`` (town, job, pet) in one of its `PERSON_FACTS` wordings."""
+    return _capitalise(rng.choice(PERSON_FACTS[kind]).format(p=person, x=value))
 
 
 @register_task("zoo-hops")
@@ -416,13 +421,9 @@ class ZooHops(ZooTask):
         for _ in range(n):
             if rng.random() < BIO_SHARE:
                 person = rng.choices(world.people, weights=world.weights)[0]
-                values = {"town": world.town_of[person], "job": world.job_of[person]}
-                values["pet"] = world.pet_of[person]
+                values = dict(zip(PERSON_FACTS, world.facts(person), strict=True))
                 kinds = rng.sample(list(PERSON_FACTS), rng.randint(1, 3))
-                sentences = [
-                    _capitalise(rng.choice(PERSON_FACTS[k]).format(p=person, x=values[k]))
-                    for k in kinds
-                ]
+                sentences = [person_sentence(rng, person, k, values[k]) for k in kinds]
             else:
                 sentences = [self._world_sentence(rng) for _ in range(rng.randint(1, 3))]
             docs.append(" ".join(sentences))
