@@ -74,7 +74,16 @@ class ResponseCache:
         self.hits += 1
         return entry.get("value") if isinstance(entry, dict) else None
 
-    def put(self, key: str, value: dict[str, Any], request: dict[str, Any] | None = None) -> None:
+    def put(
+        self,
+        key: str,
+        value: dict[str, Any],
+        request: dict[str, Any] | None = None,
+        *,
+        strict: bool = False,
+    ) -> None:
+        """Store ``value`` under ``key`` atomically. ``strict``: refuse NaN and infinities
+        with ValueError (as a non-JSON value raises TypeError), leaving no entry behind."""
         if not self.enabled:
             return
         path = self._path(key)
@@ -84,7 +93,12 @@ class ResponseCache:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 # The request is kept beside the value so a miss can be debugged by diffing.
-                json.dump({"request": request, "value": value}, fh, ensure_ascii=False)
+                json.dump(
+                    {"request": request, "value": value},
+                    fh,
+                    ensure_ascii=False,
+                    allow_nan=not strict,
+                )
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -13,7 +13,6 @@ replay through the response cache alone would, without running small models agai
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,8 +86,8 @@ class EvalMemo:
             "calls": [dataclasses.asdict(c) for c in calls],
             "compute": [dataclasses.asdict(c) for c in compute if not c.cached],
         }
+        request = {"kind": "eval", "examples": [ex.id for ex in examples]}
         try:
-            json.dumps(value, allow_nan=False)
+            self.store.put(key, value, request=request, strict=True)
         except (TypeError, ValueError):
             return  # a prediction with a non-JSON extra: evaluated again next time
-        self.store.put(key, value, request={"kind": "eval", "examples": [ex.id for ex in examples]})

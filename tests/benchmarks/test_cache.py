@@ -4,6 +4,8 @@ import multiprocessing as mp
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from benchmarks.cache import ResponseCache, cache_key
 
 
@@ -32,6 +34,18 @@ def test_damaged_entry_is_a_miss(tmp_path: Path) -> None:
     cache.put(key, {"v": 1})
     (tmp_path / key[:2] / f"{key}.json").write_text('{"value": ', encoding="utf-8")
     assert cache.get(key) is None
+
+
+def test_strict_put_refuses_non_json_and_leaves_nothing(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    key = "ee" * 32
+    cache.put(key, {"v": float("-inf")})  # logprobs may be -inf: allowed by default
+    assert cache.get(key) == {"v": float("-inf")}
+    for bad, error in (({"v": float("nan")}, ValueError), ({"v": object()}, TypeError)):
+        with pytest.raises(error):
+            cache.put("ef" * 32, bad, strict=True)
+    assert not list((tmp_path / "ef").iterdir())  # no entry, no temporary file
+    assert cache.get("ef" * 32) is None
 
 
 def test_disabled_cache_stores_nothing(tmp_path: Path) -> None:

@@ -47,6 +47,15 @@ def test_a_batch_comes_back_with_its_calls_as_hits_and_its_compute_credited(
     assert block["seconds"] == block["cached_seconds"] == 1.25 and block["wall_s"] == 0
 
 
+def test_a_batch_with_a_non_json_extra_is_not_kept(tmp_path: Path) -> None:
+    memo = EvalMemo(tmp_path)
+    for extra in ({"score": float("nan")}, {"tensor": object()}):
+        key = _key(memo, policy_digest=str(extra))
+        memo.put(key, [Prediction("a", " 2", "2", extra)], [CALL], [BLOCK], EXAMPLES[:1])
+        assert memo.get(key, UsageMeter()) is None  # evaluated again next time
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 def test_the_key_follows_what_evaluation_depends_on(tmp_path: Path) -> None:
     memo = EvalMemo(tmp_path)
     base = _key(memo)
