@@ -26,8 +26,9 @@ relations weighted up (`TARGET_RELATIONS`). Splits do not share a person.
 Headroom and prompt sensitivity: latent two-hop composition is what small transformers fail
 at, while a decomposed chain turns it into two single-hop recalls, each a fact-document
 prefix ("Runo has a"). So decompose instructions should score well above direct ones (direct
-is near chance); on the committed weights they do not, because the chain's second fact states
-the town's or job's true value instead of the asked one (zoo-notes.md, experiment 5). The
+is near chance); on the committed weights they do not: the model learned few of the world's
+facts (one region for 11 of 12 towns) and does not compare a recalled value with the asked one,
+so the chain's second fact is mostly wrong (zoo-notes.md, experiments 5 and 6). The
 default "Here is a question ." leans 50% to decomposing, shifted by the style cue
 (`ZooHops.cue`, climate questions, about a third of the target: decompose on cue, direct off
 it), so greedy zero-shot sits between the two and sampling finds the chain.
