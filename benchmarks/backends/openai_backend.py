@@ -210,11 +210,36 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C lands here, in the waiting thread, while the batch is still on the loop:
+            # cancel it and let it unwind, or the interpreter exits with the task pending
+            # ("Task was destroyed but it is pending!").
+            future.cancel()
+            self.cancel_pending()
+            raise
+
+    def cancel_pending(self, timeout_s: float = 5.0) -> None:
+        """Cancel every task on the loop and wait (at most ``timeout_s``) until they end."""
+
+        async def cancel_all() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self.loop.is_running():
+            with contextlib.suppress(BaseException):  # a second Ctrl-C must not mask the first
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout_s)
 
     def close(self) -> None:
+        self.cancel_pending()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 @register_backend("openai")

@@ -4,7 +4,9 @@ required for remote endpoints and never needed on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.backends.base import GenerateRequest, PartialBatchError
-from benchmarks.backends.openai_backend import OpenAIBackend, is_loopback
+from benchmarks.backends.openai_backend import OpenAIBackend, _LoopThread, is_loopback
 from methods.registry import BenchError
 
 
@@ -136,6 +138,35 @@ def test_concurrency_is_bounded(serve: Callable[[_Script], str]) -> None:
         results = backend.generate_batch([GenerateRequest(f"p{i}") for i in range(12)])
     assert [r.value[0].text for r in results] == [f"echo:p{i}" for i in range(12)]
     assert 1 < script.max_in_flight <= 3
+
+
+def test_ctrl_c_while_waiting_cancels_the_batch_on_the_loop() -> None:
+    """Ctrl-C arrives in the thread waiting on a batch; the batch must be cancelled and
+    unwound on the loop, or the interpreter exits with "Task was destroyed but it is
+    pending!"."""
+    io = _LoopThread()
+    unwound = threading.Event()
+
+    async def batch() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            unwound.set()
+
+    main = threading.get_ident()  # a real SIGINT, which wakes the blocked wait as Ctrl-C does
+    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            io.run(batch())
+        assert unwound.is_set()
+        assert not io.run(_pending_tasks())
+    finally:
+        io.close()
+    assert io.loop.is_closed()
+
+
+async def _pending_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
 
 def test_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
