@@ -79,6 +79,7 @@ offers neither per-layer inputs nor hidden states.
 
 from __future__ import annotations
 
+import importlib
 import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +198,17 @@ class BBT(BlackBoxTuner):
         for name in ("intrinsic_dim", "n_prompt_tokens", "k_shot", "popsize", "eval_every"):
             if getattr(cfg, name) < 1:
                 raise BenchError(f"bbt: {name} must be at least 1, got {getattr(cfg, name)}")
+        # The optimizer's library is imported here, when the runner builds the tuner, not in
+        # `fit`: its import (about 2 s for pycma) is not tuning time, and a missing library is
+        # a one-line error while planning instead of a failed cell.
+        module = "cma" if cfg.optimizer == "cma" else "nevergrad"
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise BenchError(
+                f"bbt: optimizer {cfg.optimizer!r} needs the {module} package ({exc}); "
+                f"install it or choose another: cma, nevergrad"
+            ) from None
 
     # -- planning -------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -311,6 +312,19 @@ def test_refuses_tasks_without_label_words_and_bad_options() -> None:
     with pytest.raises(BenchError, match="valid: ce, hinge"):
         get_method("bbt").from_budget("light", loss="mse")
     assert BBT.requires == frozenset({"next_token_logits", "prompt_embeds"})
+
+
+def test_the_optimizer_library_is_imported_when_the_tuner_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built by the runner before the tuning clock starts, so its import is not tuning time;
+    a missing library is refused then, by name."""
+    monkeypatch.delitem(sys.modules, "cma", raising=False)
+    BBT(optimizer="cma")
+    assert "cma" in sys.modules
+    monkeypatch.setitem(sys.modules, "nevergrad", None)  # what a missing package looks like
+    with pytest.raises(BenchError, match="optimizer 'nevergrad' needs the nevergrad package"):
+        BBT(optimizer="nevergrad")
 
 
 def test_hinge_loss_and_he_projection_also_tune() -> None:
