@@ -213,10 +213,11 @@ class _LoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
-        except BaseException:
+        except KeyboardInterrupt:
             # Ctrl-C lands here, in the waiting thread, while the batch is still on the loop:
-            # cancel it and let it unwind, or the interpreter exits with the task pending
-            # ("Task was destroyed but it is pending!").
+            # cancel it (and the run's other batches: the run stops) and let them unwind, or
+            # the interpreter exits with tasks pending ("Task was destroyed but it is
+            # pending!"). A batch's own error is not caught: other threads' batches go on.
             future.cancel()
             self.cancel_pending()
             raise

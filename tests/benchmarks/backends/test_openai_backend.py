@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -163,6 +164,27 @@ def test_ctrl_c_while_waiting_cancels_the_batch_on_the_loop() -> None:
     finally:
         io.close()
     assert io.loop.is_closed()
+
+
+def test_a_batch_error_does_not_cancel_other_threads_batches() -> None:
+    io = _LoopThread()
+
+    async def slow() -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            other = pool.submit(io.run, slow())
+            time.sleep(0.05)
+            with pytest.raises(ValueError, match="boom"):
+                io.run(broken())
+            assert other.result(timeout=5) == "done"
+    finally:
+        io.close()
 
 
 async def _pending_tasks() -> list[asyncio.Task[object]]:
