@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -212,7 +213,7 @@ class _LoopThread:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return future.result()
+            return self._wait(future)
         except KeyboardInterrupt:
             # Ctrl-C lands here, in the waiting thread, while the batch is still on the loop:
             # cancel it (and the run's other batches: the run stops) and let them unwind, or
@@ -221,6 +222,10 @@ class _LoopThread:
             future.cancel()
             self.cancel_pending()
             raise
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future[T]) -> T:
+        return future.result()
 
     def cancel_pending(self, timeout_s: float = 5.0) -> None:
         """Cancel every task on the loop and wait (at most ``timeout_s``) until they end."""

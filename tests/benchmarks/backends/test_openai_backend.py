@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from benchmarks.backends.base import GenerateRequest, PartialBatchError
 from benchmarks.backends.openai_backend import OpenAIBackend, _LoopThread, is_loopback
 from methods.registry import BenchError
+
+T = TypeVar("T")
 
 
 def _completion(text: str) -> dict:
@@ -141,11 +143,21 @@ def test_concurrency_is_bounded(serve: Callable[[_Script], str]) -> None:
     assert 1 < script.max_in_flight <= 3
 
 
+class _CtrlCWhileWaiting(_LoopThread):
+    """Ctrl-C lands in the thread that waits on a batch: its wait raises KeyboardInterrupt
+    while the batch still runs on the loop. (Raised here rather than by a real SIGINT, whose
+    delivery to the test's thread proved unreliable inside the full suite.)"""
+
+    @staticmethod
+    def _wait(future: Future[T]) -> T:
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+
 def test_ctrl_c_while_waiting_cancels_the_batch_on_the_loop() -> None:
-    """Ctrl-C arrives in the thread waiting on a batch; the batch must be cancelled and
-    unwound on the loop, or the interpreter exits with "Task was destroyed but it is
-    pending!"."""
-    io = _LoopThread()
+    """The batch must be cancelled and unwound on the loop, or the interpreter exits with
+    "Task was destroyed but it is pending!"."""
+    io = _CtrlCWhileWaiting()
     unwound = threading.Event()
 
     async def batch() -> None:
@@ -154,13 +166,11 @@ def test_ctrl_c_while_waiting_cancels_the_batch_on_the_loop() -> None:
         finally:
             unwound.set()
 
-    main = threading.get_ident()  # a real SIGINT, which wakes the blocked wait as Ctrl-C does
-    threading.Timer(0.2, signal.pthread_kill, (main, signal.SIGINT)).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             io.run(batch())
         assert unwound.is_set()
-        assert not io.run(_pending_tasks())
+        assert not asyncio.run_coroutine_threadsafe(_pending_tasks(), io.loop).result(5)
     finally:
         io.close()
     assert io.loop.is_closed()
