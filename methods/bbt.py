@@ -200,13 +200,13 @@ class BBT(BlackBoxTuner):
                 raise BenchError(f"bbt: {name} must be at least 1, got {getattr(cfg, name)}")
         # The optimizer's library is imported here, when the runner builds the tuner, not in
         # `fit`: its import (about 2 s for pycma) is not tuning time, and a missing library is
-        # a one-line error while planning instead of a failed cell.
-        module = "cma" if cfg.optimizer == "cma" else "nevergrad"
+        # a one-line error while planning instead of a failed cell. (Each valid optimizer
+        # is named after its package.)
         try:
-            importlib.import_module(module)
+            importlib.import_module(cfg.optimizer)
         except ImportError as exc:
             raise BenchError(
-                f"bbt: optimizer {cfg.optimizer!r} needs the {module} package ({exc}); "
+                f"bbt: optimizer {cfg.optimizer!r} needs the {cfg.optimizer} package ({exc}); "
                 f"install it or choose another: cma, nevergrad"
             ) from None
 

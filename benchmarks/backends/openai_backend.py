@@ -219,7 +219,6 @@ class _LoopThread:
             # cancel it (and the run's other batches: the run stops) and let them unwind, or
             # the interpreter exits with tasks pending ("Task was destroyed but it is
             # pending!"). A batch's own error is not caught: other threads' batches go on.
-            future.cancel()
             self.cancel_pending()
             raise
 
