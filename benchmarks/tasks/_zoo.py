@@ -46,6 +46,7 @@ import hashlib
 import random
 import re
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -489,15 +490,22 @@ class ZooTask(Task):
         return self.draw_splits(lambda split, rng: self.target_example(rng), reserve=True)
 
     def draw_splits(
-        self, draw: Callable[[Split, random.Random], Example | None], *, reserve: bool
+        self,
+        draw: Callable[[Split, random.Random], Example | None],
+        *,
+        reserve: bool,
+        balance_targets: bool = False,
     ) -> dict[Split, list[Example]]:
         """``sizes[split]`` examples per split from ``draw(split, rng)`` (None = retry), test
-        first, with inputs distinct across splits (and reserved when ``reserve``)."""
+        first, with inputs distinct across splits (and reserved when ``reserve``). With
+        ``balance_targets`` a split takes at most half its size (rounded up) of any one
+        target, for tasks whose rarer answer runs out of distinct inputs first."""
         seen: set[str] = set()
         out: dict[Split, list[Example]] = {}
         for split in self.split_order():
             rng = random.Random(f"{self.name}/target/{self.seed}/{split}")
             examples: list[Example] = []
+            per_target: Counter[str] = Counter()
             for _ in range(200 * self.sizes[split] + 1000):
                 if len(examples) == self.sizes[split]:
                     break
@@ -506,6 +514,10 @@ class ZooTask(Task):
                     continue
                 if reserve and not is_reserved(ex.input, self.reserve_mod):
                     continue
+                if balance_targets:
+                    if per_target[ex.target] >= (self.sizes[split] + 1) // 2:
+                        continue
+                    per_target[ex.target] += 1
                 seen.add(ex.input)
                 examples.append(replace(ex, id=f"{split}-{len(examples)}"))
             else:

@@ -5,33 +5,40 @@ The world (fixed by `WORLD_SEED`): 120 people with made-up names, each living in
 towns, working one of 12 jobs and keeping one of 12 animals; towns have a region and a
 climate, jobs are done indoors or outdoors, animals can or cannot fly, swim and climb. A
 question joins a person fact with a second fact: "Does Runo have a pet that can fly ?" needs
-"Runo has a duck ." and "A duck can fly .". The decomposed answer states the person fact,
-then the world fact about the ASKED value with its polarity ("Runo lives in Talera . Talera is
-not in the east . #### no"), so the yes/no is the chain's last word made explicit rather than a
-comparison of a recalled value with the asked one, which these small models do not learn
-(zoo-notes.md, experiment 3). The direct answer is ``#### yes`` alone.
+"Runo has a duck ." and "A duck can fly and swim .". Each relation's questions ask ONE value
+(`ASKED`: "Does Runo live in the east ?"). The decomposed answer states the person fact, then
+the bridging value's TRUE value in the sentence the world documents use ("Runo lives in Talera
+. Talera is in the west . #### no"): two one-key recalls, the kind of fact these models learn,
+and a yes/no that is a function of the value just stated. No document states a false value:
+beside "Talera is not in the east ." and quizzes about every value, the model learned few world
+facts (one region for 11 of 12 towns), and it learns no comparison of a recalled value with an
+asked one (zoo-notes.md, experiments 3 and 6). The direct answer is ``#### yes`` alone.
 
 Knowledge comes from FACT documents (`ZooHops.fact_documents`): short biographies of a person
 drawn by a Zipf law over people (exponent `ZIPF_EXPONENT`: rank 0 in ~4% of biographies,
 rank 119 in ~0.4%), so rare people's facts are memorised less well, and world sentences about
-towns, jobs and animals in both polarities (few, frequent, well learned).
+towns, jobs and animals, true ones only, most in the chains' form (few and frequent).
 
-Held out: (person, relation) PAIRS. Each target person (odd ranks from 30: mid to tail) has
+Held out: (person, relation) PAIRS. Each target person (ranks from 30: mid to tail) has
 two relations asked about them only in the target splits (`HopsWorld.held_out`). Source QA
 (training) asks about anyone, uniformly, on a relation not held out for them
 (`SOURCE_RELATIONS`: 40/30/15/15%), so the model learns to copy every name into its chain (it
 does not for names it was never asked about); the target asks the held-out pairs, the rarer
 relations weighted up (`TARGET_RELATIONS`). Splits do not share a person.
 
-Headroom and prompt sensitivity: latent two-hop composition is what small transformers fail
-at, while a decomposed chain turns it into two single-hop recalls, each a fact-document
-prefix ("Runo has a"). So decompose instructions should score well above direct ones (direct
-is near chance); on the committed weights they do not: the model learned few of the world's
-facts (one region for 11 of 12 towns) and does not compare a recalled value with the asked one,
-so the chain's second fact is mostly wrong (zoo-notes.md, experiments 5 and 6). The
-default "Here is a question ." leans 50% to decomposing, shifted by the style cue
-(`ZooHops.cue`, climate questions, about a third of the target: decompose on cue, direct off
-it), so greedy zero-shot sits between the two and sampling finds the chain.
+Headroom and prompt sensitivity: latent two-hop composition is hard for small transformers,
+while a decomposed chain turns it into two single-hop recalls, each a fact-document prefix
+("Runo has a", "Talera is in the"). zoo-large still learns some of it: direct answers were
+67-68% right after 5,000 steps (zoo-notes.md, experiment 9), too many for a default mixture of
+chain and direct answers to sit inside the headroom band. So the answer styles are the chain
+("decompose"), the direct yes/no ("direct") and a LABEL CONVENTION the scorer rejects
+("truefalse": "#### true" / "#### false", as zoo-sentiment's "great / terrible"), each tied to
+explicit instructions. The default "Here is a question ." leans 50% to the chain and 45% to
+true/false, shifted by 0.15 by the style cue (`ZooHops.cue`, climate questions, about a third
+of the target; `TARGET_RELATIONS`): the chain is the mode on cue questions (65%), true/false
+off them (chain 35%), so greedy zero-shot is right on the cue's share and part of the rest,
+sampling finds the chain off the cue too (pass@8), and instruction search has the chain's
+explicit instructions to find.
 """
 
 from __future__ import annotations
@@ -97,6 +104,10 @@ RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "is the home of {p} in the {v} ?",
             "does {p} live somewhere in the {v} ?",
             "is the town of {p} in the {v} ?",
+            "does {p} have a home in the {v} ?",
+            "is {p} living in the {v} ?",
+            "is the town where {p} lives in the {v} ?",
+            "does {p} make a home in the {v} ?",
         ),
     ),
     "place": (
@@ -106,6 +117,10 @@ RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "is the work of {p} done {v} ?",
             "does {p} spend the work day {v} ?",
             "does {p} have a job {v} ?",
+            "is {p} at work {v} ?",
+            "does the job of {p} take place {v} ?",
+            "does {p} earn a living {v} ?",
+            "is the job of {p} done {v} ?",
         ),
     ),
     "ability": (
@@ -115,6 +130,10 @@ RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "can the pet of {p} {v} ?",
             "does {p} own an animal that can {v} ?",
             "is the pet of {p} able to {v} ?",
+            "does {p} keep a pet that can {v} ?",
+            "can the animal of {p} {v} ?",
+            "is the animal of {p} able to {v} ?",
+            "does the pet of {p} know how to {v} ?",
         ),
     ),
     "climate": (
@@ -124,11 +143,21 @@ RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "does {p} live in a {v} town ?",
             "is the town of {p} {v} ?",
             "is the weather {v} where {p} lives ?",
+            "is the home of {p} {v} ?",
+            "does {p} live where it is {v} ?",
+            "is the weather {v} in the town of {p} ?",
+            "does {p} have a {v} home town ?",
         ),
     ),
 }
+#: the one value each relation's questions ask about ("Does Runo live in the east ?"), so the
+#: yes/no is a function of the value the chain recalls ("Talera is in the west ." -> no), not a
+#: comparison of two value words, which these models do not learn (zoo-notes.md, experiments 3
+#: and 6); the values most balanced between yes and no over the people.
+ASKED = {"region": "east", "climate": "warm", "place": "outdoors", "ability": "swim"}
 SOURCE_RELATIONS = {"region": 0.40, "place": 0.30, "ability": 0.15, "climate": 0.15}
-TARGET_RELATIONS = {"region": 0.20, "place": 0.20, "ability": 0.30, "climate": 0.30}
+#: climate questions (the style cue, `ZooHops.cue`) weighted to about 40% of the target.
+TARGET_RELATIONS = {"region": 0.15, "place": 0.15, "ability": 0.30, "climate": 0.40}
 #: share of QA documents in the task's corpus (the rest are fact documents).
 QA_SHARE = 0.45
 #: share of biographies among fact documents (the rest are world sentences).
@@ -139,9 +168,8 @@ HELD_OUT_PER_PERSON = 2
 #: town, job and pet open the question ("Taga has a frog . Taga lives in Roseno . Taga works
 #: as a cook . Does Taga have a pet that can swim ?"). The world's source questions repeat, so
 #: their answers can be memorised per question; a passer-by's cannot, so the chain's second
-#: fact must be looked up from the first one just written, the route that also answers the
-#: held-out pairs (with polarity chains alone, the second fact was right 1 time in 4 after a
-#: right first fact: zoo-notes.md, experiment 5).
+#: step must be looked up from the first one just written, the route that also answers the
+#: held-out pairs.
 PASSER_BY_SHARE = 0.3
 
 #: person-fact templates; the first (canonical, used in answer chains) is twice as likely.
@@ -155,7 +183,7 @@ PERSON_FACTS = {
 }  # fmt: skip
 
 SPACE = InstructionSpace(
-    styles=("decompose", "direct"),
+    styles=("decompose", "direct", "truefalse"),
     best="decompose",
     explicit={
         "decompose": (
@@ -170,13 +198,22 @@ SPACE = InstructionSpace(
             "Give only yes or no .",
             "Do not explain .",
         ),
+        "truefalse": (
+            "Answer true or false .",
+            "Say if it is true or false .",
+            "True or false ?",
+        ),
     },
     neutral={
-        "Answer the question with yes or no .": {"decompose": 0.4, "direct": 0.6},
-        "Use what you know about the people .": {"decompose": 0.65, "direct": 0.35},
-        "Here is a question .": {"decompose": 0.5, "direct": 0.5},
-        "Answer the question .": {"decompose": 0.35, "direct": 0.65},
-        "Be careful .": {"decompose": 0.6, "direct": 0.4},
+        "Answer the question with yes or no .": {"decompose": 0.4, "direct": 0.6, "truefalse": 0},
+        "Use what you know about the people .": {
+            "decompose": 0.65,
+            "direct": 0.15,
+            "truefalse": 0.2,
+        },
+        "Here is a question .": {"decompose": 0.5, "direct": 0.05, "truefalse": 0.45},
+        "Answer the question .": {"decompose": 0.35, "direct": 0.35, "truefalse": 0.3},
+        "Be careful .": {"decompose": 0.6, "direct": 0.2, "truefalse": 0.2},
     },
     handwritten=(
         "Here is a question .",
@@ -185,10 +222,11 @@ SPACE = InstructionSpace(
         "Here is a question . Think step by step .",
         "Answer the question . Give only yes or no .",
         "Use what you know about the people .",
+        "Answer true or false .",
     ),
-    none_mix={"decompose": 0.5, "direct": 0.5},
-    score_range=(45.0, 85.0),
-    cue_shift=0.3,
+    none_mix={"decompose": 1, "direct": 1, "truefalse": 1},
+    score_range=(20.0, 85.0),
+    cue_shift=0.15,
 )
 
 
@@ -213,7 +251,7 @@ class HopsWorld:
 
     @property
     def target_people(self) -> tuple[str, ...]:
-        """The people with held-out relations (odd ranks from N/4, see `hops_world`)."""
+        """The people with held-out relations (ranks from N/4, see `hops_world`)."""
         return tuple(p for p in self.people if p in self.held_out)
 
     def source_relations(self, person: str) -> dict[str, float]:
@@ -244,32 +282,39 @@ class HopsWorld:
             return frozenset({JOBS[job]})
         return ANIMALS[pet]
 
+    def town_sentence(self, town: str, relation: str, *, chain_form: bool = True) -> str:
+        """A town's region or climate: "Talera is in the west ." / "Talera is cold ." in the
+        chains' form, else "Talera is a town in the west ." / "The weather in Talera is cold ."."""
+        if relation == "region":
+            form = "{t} is in the {x} ." if chain_form else "{t} is a town in the {x} ."
+            return form.format(t=town, x=self.region_of[town])
+        form = "{t} is {x} ." if chain_form else "The weather in {t} is {x} ."
+        return form.format(t=town, x=self.climate_of[town])
+
     def chain(self, person: str, relation: str, value: str, facts: Facts | None = None) -> str:
-        """The two facts that answer a question about ``relation`` = ``value``: the person
-        fact, then the world fact about the ASKED value with its polarity ("Talera is not in
-        the east ."), a sentence the fact documents hold verbatim, so the yes/no follows from
-        the chain's last word instead of a comparison the small models do not learn."""
+        """The two facts that answer a question about ``relation``: the person fact, then the
+        TRUE value of the bridging town, job or pet, in the world sentence that states it
+        ("Runo lives in Talera . Talera is in the west ."). Both are one-key recalls, the kind
+        of fact these models learn, and since a relation's questions ask one value
+        (`ASKED`), the yes/no is a function of the value just stated."""
         town, job, pet = facts or self.facts(person)
-        holds = value in self.value(person, relation, facts)
         if relation in ("region", "climate"):
-            return f"{person} lives in {town} . {town_fact(town, relation, value, holds)}"
+            return f"{person} lives in {town} . {self.town_sentence(town, relation)}"
         if relation == "place":
-            return f"{person} works as a {job} . {job_fact(job, value, holds)}"
-        return f"{person} has a {pet} . {animal_fact(pet, value, holds)}"
+            return f"{person} works as a {job} . {job_sentence(job)}"
+        return f"{person} has a {pet} . {animal_sentence(pet)}"
 
 
-def town_fact(town: str, relation: str, value: str, holds: bool) -> str:
-    """'Talera is in the east .' / 'Talera is not cold .' (``relation`` region or climate)."""
-    verb = "is" if holds else "is not"
-    return f"{town} {verb} in the {value} ." if relation == "region" else f"{town} {verb} {value} ."
+def job_sentence(job: str) -> str:
+    return f"A {job} works {JOBS[job]} ."
 
 
-def job_fact(job: str, place: str, holds: bool) -> str:
-    return f"A {job} works {place} ." if holds else f"A {job} does not work {place} ."
-
-
-def animal_fact(animal: str, ability: str, holds: bool) -> str:
-    return f"A {animal} {'can' if holds else 'cannot'} {ability} ."
+def animal_sentence(animal: str) -> str:
+    """'A duck can fly and swim .'; 'A hen cannot fly , swim or climb .'"""
+    can = [a for a in ABILITIES if a in ANIMALS[animal]]
+    if not can:
+        return f"A {animal} cannot {' , '.join(ABILITIES[:-1])} or {ABILITIES[-1]} ."
+    return f"A {animal} can {' and '.join(can)} ."
 
 
 @functools.cache
@@ -281,8 +326,8 @@ def hops_world() -> HopsWorld:
     regions = [REGIONS[i % len(REGIONS)] for i in range(N_TOWNS)]
     rng.shuffle(regions)
     held_rng = random.Random(f"zoo-hops/held-out/{WORLD_SEED}")
-    # target people: odd ranks from N/4 (mid to tail), each with relations held out
-    target = [p for r, p in enumerate(people) if r >= len(people) // 4 and r % 2]
+    # target people: ranks from N/4 (mid to tail), each with relations held out
+    target = [p for r, p in enumerate(people) if r >= len(people) // 4]
     held_out = {p: frozenset(held_rng.sample(list(RELATIONS), HELD_OUT_PER_PERSON)) for p in target}
     return HopsWorld(
         people=people,
@@ -310,13 +355,11 @@ def make_question(
     if not relations:
         return None
     relation = rng.choices(list(relations), weights=list(relations.values()))[0]
-    values, templates = RELATIONS[relation]
-    true = world.value(person, relation, facts)
+    _, templates = RELATIONS[relation]
+    value = ASKED[relation]
     answer = "yes" if rng.random() < 0.5 else "no"
-    pool = sorted(true) if answer == "yes" else [v for v in values if v not in true]
-    if not pool:
+    if (value in world.value(person, relation, facts)) != (answer == "yes"):
         return None
-    value = rng.choice(pool)
     question = _capitalise(rng.choice(templates).format(p=person, v=value))
     if facts is not None:
         intro = [
@@ -368,10 +411,14 @@ class ZooHops(ZooTask):
         return hops_world()
 
     def build_splits(self) -> dict[Split, list[Example]]:
+        """Per-person splits with as many yes as no answers: each (person, relation) has one
+        answer, so the yes questions run out of phrasings first and a plain draw would leave
+        the splits leaning to no."""
         groups = self.partition(self.world.target_people)
         return self.draw_splits(
             lambda split, rng: self._target_question(rng, rng.choice(groups[split])),
             reserve=False,
+            balance_targets=True,
         )
 
     def _target_question(self, rng: random.Random, person: str) -> Example | None:
@@ -406,6 +453,8 @@ class ZooHops(ZooTask):
     def completion(self, example: Example, style: str) -> str:
         if style == "decompose":
             return f"{example.meta['chain']} #### {example.target}"
+        if style == "truefalse":
+            return f"#### {'true' if example.target == 'yes' else 'false'}"
         return f"#### {example.target}"
 
     def extract(self, text: str, example: Example) -> str | None:
@@ -431,30 +480,18 @@ class ZooHops(ZooTask):
         return docs
 
     def _world_sentence(self, rng: random.Random) -> str:
-        """A fact about a town, job or animal, half of them in the form the answer chains use
-        (for a random value, true or not: "Talera is not in the east ."), the rest in other
-        wordings of a true fact."""
+        """A TRUE fact about a town, job or animal, most often in the form the chains use.
+        No sentence states a false value: with "Talera is not in the east ." beside "Talera
+        is in the west ." the model learned few world facts (zoo-notes.md, experiment 6)."""
         world = self.world
         kind = rng.choice(("region", "climate", "job", "animal"))
+        chain_form = rng.random() < 0.75
         if kind == "animal":
-            animal, ability = rng.choice(list(ANIMALS)), rng.choice(ABILITIES)
-            return animal_fact(animal, ability, ability in ANIMALS[animal])
-        chain_form = rng.random() < 0.5
+            return animal_sentence(rng.choice(list(ANIMALS)))
         if kind == "job":
             job = rng.choice(list(JOBS))
-            if chain_form:
-                place = rng.choice(PLACES)
-                return job_fact(job, place, place == JOBS[job])
-            text = rng.choice(("a {j} works {x} .", "the work of a {j} is done {x} ."))
-            return _capitalise(text.format(j=job, x=JOBS[job]))
-        town = rng.choice(world.towns)
-        true = world.region_of[town] if kind == "region" else world.climate_of[town]
-        if chain_form:
-            value = rng.choice(REGIONS if kind == "region" else CLIMATES)
-            return town_fact(town, kind, value, value == true)
-        if kind == "region":
-            return f"{town} is a town in the {true} ."
-        return f"The weather in {town} is {true} ."
+            return job_sentence(job) if chain_form else f"The work of a {job} is done {JOBS[job]} ."
+        return world.town_sentence(rng.choice(world.towns), kind, chain_form=chain_form)
 
     def corpus(self, n_docs: int, seed: int) -> list[str]:
         n_qa = round(n_docs * QA_SHARE)

@@ -20,12 +20,11 @@ review positive or negative ?", "Answer good or bad ."). `ZooSentiment.extract` 
 the verbalizer, as verbalizer-based classification does, so an answer in another convention
 scores 0. The default "Classify the review ." is neutral (45% the verbalizer, half "gt"),
 shifted by the style cue (`CUE_OPENERS`, see `InstructionSpace.cue_shift`): on cue reviews the
-verbalizer is the mode (75%), on the others a 15% minority, and averaged over the target it is
-not the mode, so a model blind to the cue (zoo-small) answers in another convention. Greedy
-decoding is right on about the cue share (40%) of the target times the verbalizer's accuracy,
-sampling finds the verbalizer more often (pass@8), and
-instruction search (or logit-level methods such as BBT, which compare the verbalizer words
-directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
+verbalizer is the mode (60%), on the others a 30% minority (a 15% one did not survive
+training: zoo-notes.md, experiments 7-9). Greedy decoding is right on about the target's cue
+share (`TARGET_CUE_SHARE`, 60%; the source's is 40%) times the verbalizer's accuracy, sampling
+finds the verbalizer off the cue too (pass@8), and instruction search (or logit-level methods
+such as BBT, which compare the verbalizer words directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
 the negation/contrast rules.
 """
 
@@ -112,12 +111,18 @@ SPACE = InstructionSpace(
     ),
     none_mix={"pn": 1, "gb": 1, "gt": 1},
     score_range=(20.0, 88.0),
-    cue_shift=0.3,
+    cue_shift=0.15,
 )
 
 #: the style cue (`ZooTask.cue`): reviews opening with these lean to the verbalizer under
-#: neutral instructions, the others away from it (2 of the 5 openers, 40% of reviews).
+#: neutral instructions, the others away from it (2 of the 5 openers, 40% of source reviews).
 CUE_OPENERS = ("i think ", "honestly , ")
+#: share of cue reviews in the target. Under the default instruction zoo-large's edge over
+#: zoo-small shows on cue reviews only (both answer in the verbalizer there; zoo-large 100%
+#: right, zoo-small about 63%), while zoo-small gains about 12 points off the cue, where it
+#: is less sharp and answers "negative" a quarter of the time (experiment 9's weights,
+#: zoo-notes.md): at the source's 40% the two models scored 0.38 and 0.37.
+TARGET_CUE_SHARE = 0.6
 
 
 def _clause(
@@ -138,9 +143,13 @@ def _clause(
 
 
 def make_review(
-    rng: random.Random, domains: dict[str, float], structures: dict[str, float]
+    rng: random.Random,
+    domains: dict[str, float],
+    structures: dict[str, float],
+    cue_share: float | None = None,
 ) -> Example:
-    """A review drawn from the ``domains`` and ``structures`` mixtures, label 50/50."""
+    """A review drawn from the ``domains`` and ``structures`` mixtures, label 50/50; its opener
+    uniform over `OPENERS`, or a cue opener with probability ``cue_share``."""
     domain = rng.choices(list(domains), weights=list(domains.values()))[0]
     structure = rng.choices(list(structures), weights=list(structures.values()))[0]
     label = rng.randint(0, 1)
@@ -161,7 +170,12 @@ def make_review(
         clauses.append(
             _clause(rng, domain, polarity, negated, avoid=" ".join(c for c, _ in clauses))
         )
-    text = rng.choice(OPENERS) + joiner.join(c for c, _ in clauses) + " ."
+    if cue_share is None:
+        opener = rng.choice(OPENERS)
+    else:
+        cue = rng.random() < cue_share
+        opener = rng.choice([o for o in OPENERS if o.startswith(CUE_OPENERS) == cue])
+    text = opener + joiner.join(c for c, _ in clauses) + " ."
     return Example(
         id="",
         input=text[0].upper() + text[1:],
@@ -193,7 +207,7 @@ class ZooSentiment(ZooTask):
     reserve_mod = 4
 
     def target_example(self, rng: random.Random) -> Example:
-        return make_review(rng, TARGET_DOMAINS, TARGET_STRUCTURES)
+        return make_review(rng, TARGET_DOMAINS, TARGET_STRUCTURES, TARGET_CUE_SHARE)
 
     def source_example(self, rng: random.Random) -> Example:
         return make_review(rng, SOURCE_DOMAINS, SOURCE_STRUCTURES)

@@ -21,10 +21,13 @@ form ("According to the record , the color of a bukem is blue . #### blue"), "ca
 with the casual one, in verb form ("People say a bukem looks red . #### red"). The frame is a
 fact-document prefix, so the style steers which statements the model recalls: careful
 instructions ("Answer carefully and stick to the facts .") give the truth, casual ones the
-misconception. The default "Answer in one sentence ." leans 45% careful, shifted by the style
-cue (`ZooTruth.cue`): questions with a cue lead ("Quick question : ...", half of them) lean
-careful, the others casual, so greedy decoding tells the truth on about the cue share times
-the careful style's recall, and imitates the falsehood elsewhere.
+misconception. The default "Answer in one sentence ." leans 45% careful, shifted by 0.1 by the
+style cue (`ZooTruth.cue`): questions with a cue lead ("Quick question : ...", half of them)
+lean careful (55%), the others casual (careful 35%), so greedy decoding tells the truth on
+about the cue share times the careful style's recall, and imitates the falsehood elsewhere;
+sampling finds the careful style off the cue too (pass@8). With a larger shift the careful
+minority off the cue was sampled 0-2% of the time (30% trained; zoo-notes.md, experiments 7
+and 10): zoo-large samples more sharply than its training mixture.
 
 Source QA (training): questions about the consistent topics and a third of the misconception
 topics. Target (the splits): questions about the other two thirds of the misconception topics,
@@ -155,7 +158,7 @@ SPACE = InstructionSpace(
     ),
     none_mix={"careful": 0.4, "casual": 0.6},
     score_range=(5.0, 75.0),
-    cue_shift=0.3,
+    cue_shift=0.1,
 )
 
 

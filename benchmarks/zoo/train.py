@@ -45,14 +45,16 @@ class ZooModelSpec:
 
 # zoo-large: "a few million parameters"; zoo-small: under ~1.5M and clearly weaker.
 ZOO_SPECS: dict[str, ZooModelSpec] = {
-    # Sized so that both train on 2 CPU cores within the hour (about 0.7 s and 0.1 s a step at
-    # batch 16 x 192 there); a GPU trains the same specs in a few minutes. zoo-large sees about
-    # one epoch of the default corpus; zoo-small a third of it with a quarter of the width.
+    # Sized so that both train on 2 CPU cores within the hour (about 0.3 s and 0.08 s a step at
+    # batch 16 x 192 on idle cores: 25 and 3 minutes); a GPU trains the same specs in a few
+    # minutes. zoo-large sees about two epochs of the default corpus; zoo-small a fifth of one
+    # with a third of the width: at 3,000 steps it was as good as zoo-large on zoo-sentiment
+    # under the default instruction (zoo-notes.md, experiment 12).
     "zoo-large": ZooModelSpec(
-        "zoo-large", n_layer=4, n_embd=192, n_head=4, steps=2600, batch_size=16, warmup=100
+        "zoo-large", n_layer=4, n_embd=192, n_head=4, steps=5000, batch_size=16, warmup=100
     ),
     "zoo-small": ZooModelSpec(
-        "zoo-small", n_layer=2, n_embd=64, n_head=4, steps=3000, batch_size=16, warmup=100
+        "zoo-small", n_layer=2, n_embd=64, n_head=4, steps=2000, batch_size=16, warmup=100
     ),
 }
 

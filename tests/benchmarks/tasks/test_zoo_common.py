@@ -44,7 +44,13 @@ STYLE_OF: dict[str, Callable[[str], str | None]] = {
     "zoo-arith": lambda c: (
         "direct" if c.startswith("####") else "chain" if c[0].isdigit() else None
     ),
-    "zoo-hops": lambda c: "direct" if c.startswith("####") else "decompose",
+    "zoo-hops": lambda c: (
+        "truefalse"
+        if c in ("#### true", "#### false")
+        else "direct"
+        if c.startswith("####")
+        else "decompose"
+    ),
     "zoo-truth": lambda c: (
         "careful"
         if c.startswith("According to the record ,")
@@ -124,14 +130,19 @@ def test_gold_scores_full_marks(task: ZooTask, split: str) -> None:
         assert task.render_target(ex) == task.completion(ex, task.space.best)
 
 
+#: answer styles that are label conventions the scorer rejects ("great", "#### true").
+REJECTED_STYLES = {"zoo-hops": {"truefalse"}, "zoo-sentiment": {"gb", "gt"}}
+
+
 def test_every_style_completion_parses(task: ZooTask) -> None:
-    """Every style's completion yields an answer through `extract` (right or wrong)."""
+    """Every style's completion yields an answer through `extract` (right or wrong), except
+    the label conventions the scorer rejects, which yield none."""
     for ex in task.examples("dev"):
         for style in task.space.styles:
             text = task.completion(ex, style)
             assert STYLE_OF[task.name](text) == style
-            if task.kind != "classification" or style == task.space.best:
-                assert task.extract(text, ex) is not None
+            rejected = style in REJECTED_STYLES.get(task.name, set())
+            assert (task.extract(text, ex) is None) == rejected, (style, text)
 
 
 def test_instructions_default_not_best(task: ZooTask) -> None:
@@ -378,9 +389,9 @@ def test_style_cue_shifts_only_neutral_mixtures() -> None:
     ("name", "low", "high"),
     [
         ("zoo-arith", 0.25, 0.45),
-        ("zoo-hops", 0.15, 0.45),
+        ("zoo-hops", 0.3, 0.5),
         ("zoo-truth", 0.4, 0.6),
-        ("zoo-sentiment", 0.3, 0.5),
+        ("zoo-sentiment", 0.45, 0.65),
     ],
 )
 def test_style_cue_share_in_the_target(name: str, low: float, high: float) -> None:

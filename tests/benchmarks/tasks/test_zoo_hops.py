@@ -1,4 +1,4 @@
-"""zoo-hops: a consistent world, the yes/no extractor, chains whose last fact carries the answer,
+"""zoo-hops: a consistent world, the yes/no extractor, chains that recall true values only,
 the long tail of fact frequencies, and held-out (person, relation) pairs in the target."""
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from collections import Counter
 import pytest
 
 from benchmarks.tasks import SPLITS, get_task
-from benchmarks.tasks.zoo_hops import ANIMALS, JOBS, ZooHops, extract_yes_no, hops_world
+from benchmarks.tasks.zoo_hops import (
+    ANIMALS,
+    JOBS,
+    REGIONS,
+    ZooHops,
+    extract_yes_no,
+    hops_world,
+)
 from methods.base import Example
 
 
@@ -53,6 +60,22 @@ def test_extract() -> None:
     assert extract_yes_no("yes #### ") is None
     assert extract_yes_no("I think the answer is yes") == "yes"  # no marker: last yes/no
     assert extract_yes_no("Tolo is in the north .") is None
+    assert extract_yes_no("#### true") is None  # the true/false convention scores nothing
+
+
+def test_default_instruction_leans_by_cue(task: ZooHops) -> None:
+    """Under the default the chain is the mode on cue (climate) questions only; off the cue the
+    mode is the true/false convention, which scores nothing, while the chain keeps a minority
+    large enough for sampling to find (pass@k). Cue questions are a minority of the target."""
+    space, default = task.space, task.instructions[0]
+    on, off = space.style_mix(default, cue=True), space.style_mix(default, cue=False)
+    assert max(on, key=on.__getitem__) == "decompose"
+    assert max(off, key=off.__getitem__) == "truefalse" and off["decompose"] >= 0.3
+    test = task.examples("test")
+    assert all(task.cue(ex) == (ex.meta["relation"] == "climate") for ex in test)
+    assert 0.25 <= sum(task.cue(ex) for ex in test) / len(test) <= 0.5
+    explicit = space.style_mix("Answer true or false .")
+    assert explicit["truefalse"] == 1.0
 
 
 def test_answers_follow_the_world(task: ZooHops) -> None:
@@ -69,24 +92,28 @@ def test_answers_follow_the_world(task: ZooHops) -> None:
 
 
 def test_yes_no_balanced(task: ZooHops, source: list[Example]) -> None:
-    for examples in (source, task.examples("train")):
+    for examples in (source, *(task.examples(split) for split in SPLITS)):
         yes = sum(ex.target == "yes" for ex in examples) / len(examples)
         assert 0.4 <= yes <= 0.6
 
 
-def test_chain_states_the_asked_value_with_the_answer_polarity(task: ZooHops) -> None:
-    """The chain's second fact is about the value asked, negated exactly when the answer is
-    no, and the fact documents hold that sentence verbatim."""
-    facts = " ".join(task.fact_documents(20000, 0))
-    negated = 0
+def test_chain_recalls_the_true_value_in_a_sentence_of_the_facts(task: ZooHops) -> None:
+    """The chain's second fact states the bridging value's TRUE value(s), verbatim as the fact
+    documents do; the answer is yes exactly when the asked value is among them; and no fact
+    document states a false value (they made the model learn no world fact)."""
+    world = hops_world()
+    docs = task.fact_documents(20000, 0)
+    facts = " ".join(docs)
     for ex in task.examples("test"):
-        last = ex.meta["chain"].split(" . ")[1]
-        assert ex.meta["value"] in last
-        is_negated = " not " in f" {last} " or "cannot" in last
-        assert is_negated == (ex.target == "no")
-        assert last.rstrip(" .") + " ." in facts
-        negated += is_negated
-    assert 0.3 <= negated / len(task.examples("test")) <= 0.7
+        second = ex.meta["chain"].split(" . ", 1)[1]
+        assert second in facts
+        stated = second.split(" cannot ")[0].rstrip(" .").split()
+        assert (ex.meta["value"] in stated) == (ex.target == "yes")
+    for town in world.towns:
+        for region in REGIONS:
+            said = f"{town} is in the {region} ." in facts
+            assert said == (region == world.region_of[town])
+    assert " not " not in facts and all("cannot" not in d or "or climb" in d for d in docs)
 
 
 def test_relations_held_out_and_splits_do_not_share_people(

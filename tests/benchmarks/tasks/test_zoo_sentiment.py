@@ -91,14 +91,18 @@ def test_target_domain_shift(task: ZooSentiment, source: list[Example]) -> None:
 
 def test_default_instruction_mixes_conventions(task: ZooSentiment) -> None:
     """Under the default the verbalizer is the mode on cue reviews only, and not the mode of
-    the mixture averaged over the target (what a model blind to the cue would follow)."""
+    the mixture averaged over the SOURCE (what a model blind to the cue learns in training);
+    the target holds more cue reviews than the source."""
     space, default = task.space, task.instructions[0]
     assert all(share < 0.6 for share in space.style_mix(default).values())  # none sure
     on, off = space.style_mix(default, cue=True), space.style_mix(default, cue=False)
     assert max(on, key=on.__getitem__) == "pn" and max(off, key=off.__getitem__) != "pn"
     assert off["pn"] >= 0.1  # sampling still finds the verbalizer off the cue (pass@k)
-    test = task.examples("test")
-    share = sum(task.cue(ex) for ex in test) / len(test)
+    rng = random.Random(0)
+    source = [task.source_example(rng) for _ in range(2000)]
+    share = sum(task.cue(ex) for ex in source) / len(source)
     blind = {s: share * on[s] + (1 - share) * off[s] for s in space.styles}
     assert max(blind, key=blind.__getitem__) != "pn"
+    test = task.examples("test")
+    assert sum(task.cue(ex) for ex in test) / len(test) > share + 0.1
     assert task.space.style_mix("Is the review positive or negative ?")["pn"] == 1.0
