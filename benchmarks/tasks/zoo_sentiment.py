@@ -24,8 +24,8 @@ verbalizer is the mode (60%), on the others a 30% minority (a 15% one did not su
 training: zoo-notes.md, experiments 7-9). Greedy decoding is right on about the target's cue
 share (`TARGET_CUE_SHARE`, 60%; the source's is 40%) times the verbalizer's accuracy, sampling
 finds the verbalizer off the cue too (pass@8), and instruction search (or logit-level methods
-such as BBT, which compare the verbalizer words directly) has a clear gain to find. Headroom beyond the convention: the rare food words and
-the negation/contrast rules.
+such as BBT, which compare the verbalizer words directly) has a clear gain to find. Headroom
+beyond the convention: the rare food words and the negation/contrast rules.
 """
 
 from __future__ import annotations
