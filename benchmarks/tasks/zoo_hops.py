@@ -65,7 +65,6 @@ N_TOWNS = 12
 ZIPF_EXPONENT = 0.6
 REGIONS = ("north", "south", "east", "west")
 CLIMATES = ("cold", "warm", "rainy")
-PLACES = ("indoors", "outdoors")
 ABILITIES = ("fly", "swim", "climb")
 JOBS = {
     "baker": "indoors",
@@ -95,59 +94,47 @@ ANIMALS: dict[str, frozenset[str]] = {
     "swan": frozenset({"fly", "swim"}),
     "mouse": frozenset({"climb"}),
 }
-#: relation -> (values, question templates); templates start in lower case.
-RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+#: relation -> question templates (they start in lower case).
+RELATIONS: dict[str, tuple[str, ...]] = {
     "region": (
-        REGIONS,
-        (
-            "does {p} live in the {v} ?",
-            "is the home of {p} in the {v} ?",
-            "does {p} live somewhere in the {v} ?",
-            "is the town of {p} in the {v} ?",
-            "does {p} have a home in the {v} ?",
-            "is {p} living in the {v} ?",
-            "is the town where {p} lives in the {v} ?",
-            "does {p} make a home in the {v} ?",
-        ),
+        "does {p} live in the {v} ?",
+        "is the home of {p} in the {v} ?",
+        "does {p} live somewhere in the {v} ?",
+        "is the town of {p} in the {v} ?",
+        "does {p} have a home in the {v} ?",
+        "is {p} living in the {v} ?",
+        "is the town where {p} lives in the {v} ?",
+        "does {p} make a home in the {v} ?",
     ),
     "place": (
-        PLACES,
-        (
-            "does {p} work {v} ?",
-            "is the work of {p} done {v} ?",
-            "does {p} spend the work day {v} ?",
-            "does {p} have a job {v} ?",
-            "is {p} at work {v} ?",
-            "does the job of {p} take place {v} ?",
-            "does {p} earn a living {v} ?",
-            "is the job of {p} done {v} ?",
-        ),
+        "does {p} work {v} ?",
+        "is the work of {p} done {v} ?",
+        "does {p} spend the work day {v} ?",
+        "does {p} have a job {v} ?",
+        "is {p} at work {v} ?",
+        "does the job of {p} take place {v} ?",
+        "does {p} earn a living {v} ?",
+        "is the job of {p} done {v} ?",
     ),
     "ability": (
-        ABILITIES,
-        (
-            "does {p} have a pet that can {v} ?",
-            "can the pet of {p} {v} ?",
-            "does {p} own an animal that can {v} ?",
-            "is the pet of {p} able to {v} ?",
-            "does {p} keep a pet that can {v} ?",
-            "can the animal of {p} {v} ?",
-            "is the animal of {p} able to {v} ?",
-            "does the pet of {p} know how to {v} ?",
-        ),
+        "does {p} have a pet that can {v} ?",
+        "can the pet of {p} {v} ?",
+        "does {p} own an animal that can {v} ?",
+        "is the pet of {p} able to {v} ?",
+        "does {p} keep a pet that can {v} ?",
+        "can the animal of {p} {v} ?",
+        "is the animal of {p} able to {v} ?",
+        "does the pet of {p} know how to {v} ?",
     ),
     "climate": (
-        CLIMATES,
-        (
-            "is it {v} where {p} lives ?",
-            "does {p} live in a {v} town ?",
-            "is the town of {p} {v} ?",
-            "is the weather {v} where {p} lives ?",
-            "is the home of {p} {v} ?",
-            "does {p} live where it is {v} ?",
-            "is the weather {v} in the town of {p} ?",
-            "does {p} have a {v} home town ?",
-        ),
+        "is it {v} where {p} lives ?",
+        "does {p} live in a {v} town ?",
+        "is the town of {p} {v} ?",
+        "is the weather {v} where {p} lives ?",
+        "is the home of {p} {v} ?",
+        "does {p} live where it is {v} ?",
+        "is the weather {v} in the town of {p} ?",
+        "does {p} have a {v} home town ?",
     ),
 }
 #: the one value each relation's questions ask about ("Does Runo live in the east ?"), so the
@@ -291,7 +278,7 @@ class HopsWorld:
         form = "{t} is {x} ." if chain_form else "The weather in {t} is {x} ."
         return form.format(t=town, x=self.climate_of[town])
 
-    def chain(self, person: str, relation: str, value: str, facts: Facts | None = None) -> str:
+    def chain(self, person: str, relation: str, facts: Facts | None = None) -> str:
         """The two facts that answer a question about ``relation``: the person fact, then the
         TRUE value of the bridging town, job or pet, in the world sentence that states it
         ("Runo lives in Talera . Talera is in the west ."). Both are one-key recalls, the kind
@@ -355,7 +342,7 @@ def make_question(
     if not relations:
         return None
     relation = rng.choices(list(relations), weights=list(relations.values()))[0]
-    _, templates = RELATIONS[relation]
+    templates = RELATIONS[relation]
     value = ASKED[relation]
     answer = "yes" if rng.random() < 0.5 else "no"
     if (value in world.value(person, relation, facts)) != (answer == "yes"):
@@ -368,7 +355,7 @@ def make_question(
         ]
         rng.shuffle(intro)
         question = " ".join([*intro, question])
-    chain = world.chain(person, relation, value, facts)
+    chain = world.chain(person, relation, facts)
     return Example(
         id="",
         input=question,
