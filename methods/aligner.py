@@ -60,6 +60,7 @@ from methods.base import (
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    CompanionRole,
     Example,
     TaskLike,
     TuneContext,
@@ -129,6 +130,7 @@ class Aligner(BlackBoxTuner):
     Config = AlignerConfig
     config: AlignerConfig
     uses_white_box: ClassVar[bool] = True
+    companions: ClassVar[Mapping[str, CompanionRole]] = {"corrector": "corrector"}
     variant: str | None = None
     # Budget presets: questions (= tuning calls) within 400 / 2,000 / 10,000. The learning
     # rate is raised from the official 2e-5 (for a pretrained multi-billion model) to 3e-4

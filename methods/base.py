@@ -49,6 +49,13 @@ CAPABILITIES: dict[str, str] = {
     PROMPT_EMBEDS: "continuous prompt vectors (soft prompts) as input",
 }
 
+#: a white-box model field set to this (or left at its default) is filled by the harness with
+#: the companion that fits the black box (benchmarks/companions.py).
+AUTO_MODEL = "auto"
+#: what a white-box model does for a method: "token" combines next-token distributions with the
+#: black box's (same vocabulary needed), "scorer" reads text, "corrector" writes text.
+CompanionRole = Literal["token", "scorer", "corrector"]
+
 BudgetName = Literal["light", "medium", "heavy", "paper"]
 BUDGETS: tuple[str, ...] = ("light", "medium", "heavy", "paper")
 
@@ -503,6 +510,10 @@ class BlackBoxTuner(ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: whether the method trains or runs white-box models (so the executor can ask for a GPU).
     uses_white_box: ClassVar[bool] = False
+    #: Config fields that name white-box models, with the role of each. Unless the user sets
+    #: one (``--set method.field=MODEL``), the harness fills it with the model that fits the
+    #: black box, and refuses while planning a model that cannot serve it.
+    companions: ClassVar[Mapping[str, CompanionRole]] = {}
 
     def __init__(self, config: Any = None, **overrides: Any):
         base = config if config is not None else self.Config()

@@ -94,6 +94,7 @@ from methods.base import (
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    CompanionRole,
     Completion,
     Example,
     Prediction,
@@ -808,6 +809,7 @@ class BBoxAdapter(BlackBoxTuner):
     config: BBoxConfig
     requires = frozenset({GENERATE})
     uses_white_box = True
+    companions: ClassVar[Mapping[str, CompanionRole]] = {"backbone": "scorer"}
     # Calls per question: 1 per warm-up epoch, 1 + (max_steps - 1) * beam_size per beam
     # search (an upper bound: beams that finish early send fewer), 1 judge call per epoch with
     # AI feedback; `max_calls` cuts the training questions to the budget. Light, sentence

@@ -68,6 +68,7 @@ from methods.base import (
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    CompanionRole,
     Example,
     TaskLike,
     TuneContext,
@@ -172,6 +173,7 @@ class CoBB(BlackBoxTuner):
     Config = CoBBConfig
     config: CoBBConfig
     uses_white_box: ClassVar[bool] = True
+    companions: ClassVar[Mapping[str, CompanionRole]] = {"corrector": "corrector"}
     variant: str | None = None
     # Questions (= tuning calls, each with n = K) within 400 / 2,000 / 10,000. Learning rate
     # and template as Aligner's presets (zoo-small, 192-token context); fewer epochs than

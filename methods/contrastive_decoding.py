@@ -59,6 +59,7 @@ from methods.base import (
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    CompanionRole,
     Example,
     TaskLike,
     TuneContext,
@@ -160,6 +161,7 @@ class ContrastiveDecoding(BlackBoxTuner):
     config: ContrastiveDecodingConfig
     requires = frozenset({f"{NEXT_TOKEN_LOGITS}|{LOGPROBS}"})
     uses_white_box = True
+    companions: ClassVar[Mapping[str, CompanionRole]] = {"amateur": "token"}
     variant: str | None = None
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         # Nothing is tuned: the presets only set the inference cost. Greedy in light (one

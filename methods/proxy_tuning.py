@@ -57,6 +57,7 @@ from methods.base import (
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    CompanionRole,
     Example,
     TaskLike,
     TuneContext,
@@ -131,6 +132,7 @@ class ProxyTuning(BlackBoxTuner):
     config: ProxyTuningConfig
     requires = frozenset({f"{NEXT_TOKEN_LOGITS}|{LOGPROBS}"})
     uses_white_box = True
+    companions: ClassVar[Mapping[str, CompanionRole]] = {"base": "token", "expert": "token"}
     variant: str | None = None
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "light": {

@@ -9,6 +9,7 @@ decoded as one batch.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -42,18 +43,25 @@ _DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}
 
 
 def check_model_dir(model: str | Path) -> Path:
-    """The resolved model directory, or a `BenchError` saying what a model directory is."""
+    """The resolved model directory of a path or a model name (a zoo model, or a named real
+    model, pulled on first use), checked against its manifest when the project wrote it; or a
+    `BenchError` saying what a model directory is."""
+    from benchmarks.models import resolve_model
+
     path = Path(model).expanduser()
     expected = (
-        "expected a local directory written by save_pretrained (config.json, tokenizer files "
-        "and *.safetensors weights); nothing is downloaded"
+        "expected a model name (`bench models ls`) or a local directory written by "
+        "save_pretrained (config.json, tokenizer files and *.safetensors weights)"
     )
     if not path.is_dir():
-        raise BenchError(f"hf backend: model {str(model)!r} is not a directory; {expected}")
+        if os.sep in str(model) or str(model).startswith("."):
+            raise BenchError(f"hf backend: model {str(model)!r} is not a directory; {expected}")
+        path = resolve_model(str(model))
     if not (path / "config.json").is_file():
         raise BenchError(f"hf backend: {path} has no config.json; {expected}")
     if not any(path.glob("*.safetensors")):
         raise BenchError(f"hf backend: {path} has no *.safetensors weights; {expected}")
+    resolve_model(path)  # the manifest check of a directory the project wrote
     return path.resolve()
 
 

@@ -22,13 +22,11 @@ from methods.registry import BenchError
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A zoo model name (``zoo-large``) or a directory holding a transformers model."""
-    path = Path(model)
-    if path.is_dir():
-        return path
-    from benchmarks.zoo import model_dir
+    """A model directory, a zoo model name (``zoo-large``) or a named real model (pulled on
+    first use), checked against its manifest (`benchmarks.models.resolve_model`)."""
+    from benchmarks.models import resolve_model
 
-    return model_dir(model)
+    return resolve_model(model)
 
 
 #: the base URL until the server is started (or the backend is pointed at one).

@@ -6,14 +6,12 @@ checksum manifest verified at load time.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
+from benchmarks.models import MANIFEST, verify_manifest, write_manifest
 from methods.registry import BenchError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-MANIFEST = "manifest.json"
 
 
 def available() -> list[str]:
@@ -33,20 +31,4 @@ def model_dir(name: str, *, verify: bool = True) -> Path:
     return path
 
 
-def verify_manifest(path: Path) -> None:
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    for rel, digest in manifest["files"].items():
-        f = path / rel
-        if not f.exists():
-            raise BenchError(f"zoo model {path.name}: file {rel} is missing")
-        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-            raise BenchError(f"zoo model {path.name}: checksum mismatch for {rel}")
-
-
-def write_manifest(path: Path) -> None:
-    files = {
-        str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(path.rglob("*"))
-        if f.is_file() and f.name != MANIFEST
-    }
-    (path / MANIFEST).write_text(json.dumps({"files": files}, indent=2), encoding="utf-8")
+__all__ = ["MANIFEST", "WEIGHTS", "available", "model_dir", "verify_manifest", "write_manifest"]
