@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from methods.base import Completion
+from methods.kv_cache import cache_kwargs, cache_of
 
 #: a prompt as text, or as token ids used verbatim.
 Prompt = str | Sequence[int]
@@ -361,11 +362,11 @@ class HFEngine:
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_pos,
-                past_key_values=past,
                 use_cache=True,
+                **cache_kwargs(self.model, past),
                 **extra,
             )
-            past = out.past_key_values
+            past = cache_of(out)
             logits = out.logits[:, -1, :].float()
             logp = logits.log_softmax(-1)
             if generators is None:

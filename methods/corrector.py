@@ -39,6 +39,7 @@ from methods.base import (
     TaskLike,
     policy_types,
 )
+from methods.kv_cache import cache_kwargs, cache_of
 from methods.registry import BenchError
 
 if TYPE_CHECKING:
@@ -363,8 +364,8 @@ class Corrector:
                     input_ids=nxt[:, None],
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=out.past_key_values,
                     use_cache=True,
+                    **cache_kwargs(self.model, cache_of(out)),
                 )
         return [_cut(text, stop).strip() for text in texts]
 

@@ -60,6 +60,7 @@ from methods.base import (
     Prediction,
     TaskLike,
 )
+from methods.kv_cache import cache_kwargs, cache_of
 from methods.registry import BenchError
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class LocalLM:
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
             )
         logprobs = out.logits[:, -1, : self.vocab_size].float().log_softmax(-1)
-        return LocalState(out.past_key_values, mask, positions[:, -1] + 1, logprobs)
+        return LocalState(cache_of(out), mask, positions[:, -1] + 1, logprobs)
 
     def advance(self, state: LocalState, tokens: torch.Tensor) -> None:
         """Append one token per row of ``state`` and update its log-probs."""
@@ -206,10 +207,10 @@ class LocalLM:
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=state.next_position[:, None],
-                past_key_values=state.past,
                 use_cache=True,
+                **cache_kwargs(self.model, state.past),
             )
-        state.past = out.past_key_values
+        state.past = cache_of(out)
         state.mask = mask
         state.next_position = state.next_position + 1
         state.logprobs = out.logits[:, -1, : self.vocab_size].float().log_softmax(-1)
