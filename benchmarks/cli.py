@@ -137,7 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--api",
         choices=("chat", "completions"),
         default=None,
-        help="API flavour of the openai backend (default chat)",
+        help="API flavour of the openai backend (default: that of --prompt-format)",
+    )
+    run.add_argument(
+        "--prompt-format",
+        choices=("raw", "chat"),
+        default=None,
+        help="prompts as raw text or as one user turn of the chat template (default: the "
+        "backend's: openai chat, zoo and hf raw)",
+    )
+    run.add_argument(
+        "--system-prompt", default=None, metavar="TEXT", help="a system turn (with chat)"
     )
     run.add_argument("--api-key-env", default=None, help="environment variable holding the key")
     run.add_argument("--api-key-file", type=Path, default=None, help="file holding the key")
@@ -392,6 +402,8 @@ _RUN_KEYS = {
     "model",
     "base_url",
     "api",
+    "prompt_format",
+    "system_prompt",
     "api_key_env",
     "api_key_file",
     "capabilities",
@@ -516,6 +528,8 @@ _CONFIG_CHECKS: dict[str, Callable[[Any], Any]] = {
     "model": _want_str,
     "base_url": _want_str,
     "api": _want_choice("chat", "completions"),
+    "prompt_format": _want_choice("raw", "chat"),
+    "system_prompt": _want_str,
     "api_key_env": _want_str,
     "api_key_file": _want_str,
     "capabilities": _want_str,
@@ -613,11 +627,8 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     for key in ("methods", "tasks"):
         if key in v and not _as_list(v[key]):
             raise BenchError(f"--{key} is empty; name at least one (see `bench ls {key}`)")
-    options = {
-        k: v[k]
-        for k in ("base_url", "api", "api_key_env", "api_key_file", "capabilities", "concurrency")
-        if v.get(k) is not None
-    }
+    keys = ("base_url", "api", "api_key_env", "api_key_file", "capabilities", "concurrency")
+    options = {k: v[k] for k in (*keys, "prompt_format", "system_prompt") if v.get(k) is not None}
     if v.get("request_timeout") is not None:
         options["timeout_s"] = float(v["request_timeout"])
     if v.get("max_retries") is not None:
@@ -718,6 +729,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 print(f"{name:18} unavailable: {exc}")
                 continue
             print(f"{name:18} {task_cls.kind:16} {task_cls.description}")
+            for key, what in task_cls.options.items():
+                print(f"{'':18} {'option ' + key:16} {what}")
     else:
         for name in backends.names():
             factory = backends.get(name)

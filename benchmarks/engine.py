@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -225,6 +225,26 @@ class HFEngine:
     def count_tokens(self, text: str) -> int:
         """Exact tokens of ``text`` as a prompt (what `generate` reports as prompt tokens)."""
         return len(self.encode(text))
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template (plain LMs such as the zoo's have none)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_ids(self, turns: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of ``turns`` through the tokenizer's chat template, the assistant's turn
+        opened (``add_generation_prompt``). Ids, not text: the template writes its own special
+        tokens, and encoding its text again would add a BOS twice.
+
+        Raises:
+            ValueError: the tokenizer has no chat template.
+        """
+        if not self.has_chat_template:
+            raise ValueError("the tokenizer has no chat template")
+        text = self.tokenizer.apply_chat_template(
+            [dict(t) for t in turns], tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens dropped, spacing untouched."""

@@ -51,6 +51,11 @@ class CellRecord(BaseModel):
     backend: str
     model: str
     seed: int
+    prompt_format: str | None = None
+    """How prompts reached the black box: "raw" text or "chat" (one user turn of its chat
+    template); None in records written before the field."""
+    system_prompt: str | None = None
+    """The system turn before each prompt (chat only), if any."""
     budget: str
     """The budget preset the tuner ran with (light, medium, heavy, paper)."""
     status: CellStatus

@@ -280,9 +280,21 @@ class Runner:
 
     def _load_tasks(self) -> None:
         cfg = self.config
+        assert self.backend is not None
         for name in cfg.tasks:
+            options = cfg.task_options.get(name, {})
+            if "prompt_format" in options:
+                raise BenchError(
+                    f"task {name}: prompt_format is not a task option; use --prompt-format"
+                )
             try:
-                task = get_task(name, data_dir=cfg.data_dir, **cfg.task_options.get(name, {}))
+                # The task's answer limits follow the format the black box is prompted in.
+                task = get_task(
+                    name,
+                    data_dir=cfg.data_dir,
+                    prompt_format=self.backend.prompt_format,
+                    **options,
+                )
                 splits = {split: task.examples(split) for split in ("train", "dev", "test")}
             except BenchError:
                 raise
@@ -319,6 +331,7 @@ class Runner:
         self._validate_names()
         store = self._open_store()
         self._open_backends()
+        self._check_resume(store)
         self._load_tasks()
         assert self.backend is not None
         cells = []
@@ -425,11 +438,6 @@ class Runner:
             store = RunStore(cfg.results_dir / run_id)
             if not store.exists():
                 raise BenchError(f"--resume: no run {run_id!r} under {cfg.results_dir}")
-            if _comparable(store.read_spec().get("config")) != _comparable(cfg.describe()):
-                raise BenchError(
-                    f"--resume: run {run_id!r} was started with other settings; "
-                    "resume with the same flags or start a new run"
-                )
             return store
         run_id = cfg.run_id or new_run_id()
         store = RunStore(cfg.results_dir / run_id)
@@ -439,6 +447,38 @@ class Runner:
                 "to continue it or choose another --run-id"
             )
         return store
+
+    def describe_config(self) -> dict[str, Any]:
+        """`RunConfig.describe` with each open backend's resolved prompt format in its
+        options (a format left to the backend's default is recorded as resolved)."""
+        described = self.config.describe()
+        opened = (("backend", self.backend), ("proposer", self.proposer_backend))
+        for role, backend in opened:
+            spec = described.get(role)
+            if isinstance(spec, dict) and backend is not None:
+                spec["options"] = {**spec["options"], "prompt_format": backend.prompt_format}
+        return described
+
+    def _check_resume(self, store: RunStore) -> None:
+        """A resumed run must have been started with the same settings (after the backends
+        are open: the prompt format a backend resolves is one of them)."""
+        if not self.config.resume:
+            return
+        stored = store.read_spec().get("config")
+        current = self.describe_config()
+        if isinstance(stored, dict):
+            # Runs from before the option used what the backend resolves by default.
+            for role in ("backend", "proposer"):
+                spec, now = stored.get(role), current.get(role)
+                if isinstance(spec, dict) and isinstance(now, dict):
+                    options = spec.get("options")
+                    if isinstance(options, dict) and "prompt_format" not in options:
+                        options["prompt_format"] = now["options"].get("prompt_format")
+        if _comparable(stored) != _comparable(current):
+            raise BenchError(
+                f"--resume: run {store.run_id!r} was started with other settings; "
+                "resume with the same flags or start a new run"
+            )
 
     # -- spending caps --------------------------------------------------------------------
 
@@ -526,7 +566,7 @@ class Runner:
                 store.write_spec(
                     {
                         "run_id": store.run_id,
-                        "config": self.config.describe(),
+                        "config": self.describe_config(),
                         "limits": {
                             "run": self.config.limits.describe(),
                             "cell": self.config.cell_limits.describe(),
@@ -555,6 +595,8 @@ class Runner:
             "task": cell.task,
             "backend": cfg.backend.name,
             "model": cfg.backend.model,
+            "prompt_format": getattr(self.backend, "prompt_format", None),
+            "system_prompt": getattr(self.backend, "system_prompt", None),
             "seed": cell.seed,
             "budget": cfg.budget,
             "requires": cell.requires,

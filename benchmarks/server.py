@@ -169,7 +169,10 @@ class SoftPrompt(BaseModel):
 
 class NextTokenBody(BaseModel):
     model: str
-    prompts: list[str]
+    #: one row per prompt: raw ``prompts``, or ``messages`` (one conversation a row, rendered
+    #: as /v1/chat/completions renders it, so a distribution follows the prompt generation saw).
+    prompts: list[str] | None = None
+    messages: list[list[ChatMessage]] | None = None
     soft_prompt: SoftPrompt | None = None
 
 
@@ -497,8 +500,16 @@ def create_app(
     async def next_token_logprobs(body: NextTokenBody) -> JSONResponse:
         require_grey_box()
         check_model(body.model)
-        if not body.prompts:
+        if (body.prompts is None) == (body.messages is None):
+            raise APIError(400, "give prompts or messages, not both or neither", param="prompts")
+        if body.messages is not None:
+            if not body.messages or not all(body.messages):
+                raise APIError(400, "messages must not be empty", param="messages")
+            prompts: list[Prompt] = [chat_prompt(engine, m) for m in body.messages]
+        elif not body.prompts:
             raise APIError(400, "prompts must not be empty", param="prompts")
+        else:
+            prompts = list(body.prompts)
         soft = _decode_soft_prompt(body.soft_prompt) if body.soft_prompt else None
         if soft is not None:
             try:
@@ -510,7 +521,7 @@ def create_app(
         try:
             rows = await batcher.submit(
                 ("next",),
-                [(p, soft) for p in body.prompts],
+                [(p, soft) for p in prompts],
                 lambda b: list(
                     engine.next_token_logprobs([p for p, _ in b], soft_prompts=[s for _, s in b])
                 ),
@@ -519,7 +530,7 @@ def create_app(
             raise APIError(400, str(exc), param="soft_prompt") from exc
         array = np.ascontiguousarray(np.stack(rows), dtype="<f4")
         k = 0 if soft is None else soft.shape[0]
-        tokens = sum(engine.count_tokens(p) + k for p in body.prompts)
+        tokens = sum(len(engine.encode(p)) + k for p in prompts)
         return _json(
             {
                 "object": "next_token_logprobs",
@@ -610,11 +621,8 @@ def chat_prompt(engine: HFEngine, messages: Sequence[ChatMessage]) -> Prompt:
     (ids, so special tokens are not added twice), or for plain LMs the message contents joined
     by a blank line (one user message gives exactly its text)."""
     turns = [{"role": m.role, "content": _content_text(m.content)} for m in messages]
-    if getattr(engine.tokenizer, "chat_template", None):
-        text = engine.tokenizer.apply_chat_template(
-            turns, tokenize=False, add_generation_prompt=True
-        )
-        return list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if engine.has_chat_template:
+        return engine.chat_ids(turns)
     return "\n\n".join(t["content"] for t in turns)
 
 

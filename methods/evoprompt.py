@@ -64,6 +64,11 @@ Deviations from the official code, and why:
   parents drawn twice) gets a fresh sample and runs are reproducible.
 - GA survival breaks dev-score ties in favour of incumbents, then children in order (the
   official code sorts a Python ``set``: arbitrary order).
+- Bounded proposer requests in the light, medium and heavy presets: at most 128 tokens and a
+  stop at "</prompt>" (the request asks for one tagged prompt; the official 1000 tokens
+  with no stop let a weak proposer write hundreds of tokens of noise per request). The
+  ``paper`` preset keeps 1000 tokens and no stop: ``get_final_prompt`` reads the LAST tagged
+  prompt, which a stop at the first ``</prompt>`` would change when a proposer writes two.
 - Dev set: the first ``dev_size`` examples of the harness's dev split (the official cls
   runs use a fixed 200-example dev file per seed); the training split when there is no dev.
 """
@@ -97,6 +102,7 @@ from methods.prompting import (
     paraphrase_answer,
     paraphrase_prompt,
     parse_proposal,
+    reclose,
     score_instructions,
     unique_instructions,
 )
@@ -120,8 +126,11 @@ class EvoPromptConfig:
     #: so the API default of 1.0 applies (``llm_client.py:form_request`` sets none).
     paraphrase_temperature: float = 1.0
     #: answer length of a request (``llm_client.py:form_request``: max_tokens 1000); capped
-    #: by the proposer's window.
+    #: by the proposer's window. The budget presets bound it to 128 (see `BOUNDED_PROPOSER`).
     max_tokens: int = 1000
+    #: stop sequences of a request: none in the code; the budget presets stop at "</prompt>",
+    #: the end of the tagged instruction the request asks for.
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.population < 1 or self.iterations < 0 or self.dev_size < 1:
@@ -154,10 +163,14 @@ class EvoPromptDEConfig(EvoPromptConfig):
 # at most (M + P + N*T) * dev_size task calls and P + N*T proposer calls, with M manual
 # instructions and P = N//2 + max(0, N - M) paraphrases at most; with M <= 10 instructions:
 # light 398, medium 1,912, heavy 9,310 calls at most. "paper" is the defaults.
+#: the proposer requests of the budget presets: an instruction is a sentence or two (the
+#: paper's evolved prompts are under 60 words), so 128 tokens, ending at the "</prompt>"
+#: that closes it; the official 1000 tokens with no stop let a weak proposer ramble.
+BOUNDED_PROPOSER: Mapping[str, Any] = {"max_tokens": 128, "stop": ("</prompt>",)}
 PRESETS: Mapping[str, Mapping[str, Any]] = {
-    "light": {"population": 4, "iterations": 3, "dev_size": 16},
-    "medium": {"population": 8, "iterations": 6, "dev_size": 30},
-    "heavy": {"population": 10, "iterations": 10, "dev_size": 80},
+    "light": {**BOUNDED_PROPOSER, "population": 4, "iterations": 3, "dev_size": 16},
+    "medium": {**BOUNDED_PROPOSER, "population": 8, "iterations": 6, "dev_size": 30},
+    "heavy": {**BOUNDED_PROPOSER, "population": 10, "iterations": 10, "dev_size": 80},
 }
 
 
@@ -277,10 +290,14 @@ class _Search:
                 n=1,
                 temperature=temperature,
                 max_tokens=self.config.max_tokens,
+                stop=list(self.config.stop) or None,
                 seed=seed,
             )
             for i, completion in zip(indices, completions, strict=True):
-                out[i] = completion[0].text
+                text = completion[0].text
+                if "</prompt>" in self.config.stop and completion[0].finish_reason == "stop":
+                    text = reclose(text, "<prompt>", "</prompt>")  # the stop is not returned
+                out[i] = text
         return out
 
     def child_event(

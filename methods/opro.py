@@ -53,6 +53,12 @@ Deviations, and why:
   The answer tokens are ``optimizer_max_tokens`` but at most a quarter of the window: the
   official 1024 would not leave a 192-token window any room, and a bracketed zoo instruction
   takes under 40 tokens.
+- The light, medium and heavy presets bound the optimizer call: at most 128 tokens (the code
+  keeps instructions of up to 500 characters, about 125 tokens) and a stop at "]", the end of
+  the first bracketed text, the only text the code extracts. With the official 1024 tokens
+  and no stop, a weak proposer wrote ~800 tokens of noise per sample after its instruction
+  (one light cell ran past 15 minutes). The ``paper`` preset keeps 1024 and no stop: an
+  answer with a stray "]" before its first "[" would be cut before its instruction.
 - The official loop also scores every third step's candidates on an eval split, for reporting
   only (``eval_ratio`` is 0 for GSM8K). Here the search ends with a best-on-dev choice: the
   ``dev_top_k`` instructions with the highest training scores are scored on ``dev`` (its first
@@ -91,6 +97,7 @@ from methods.prompting import (
     OPRO_FOOTER,
     opro_meta_prompt,
     parse_proposal,
+    reclose,
     score_instructions,
     unique_instructions,
 )
@@ -103,6 +110,10 @@ RENDER_POSITIONS = frozenset({"before_Q", "Q_begin"})
 OFFICIAL_INITIAL_INSTRUCTION = "Let's solve the problem."
 #: at most this share of the proposer's window is kept free for its answer.
 ANSWER_WINDOW_SHARE = 0.25
+#: the proposer call of the budget presets: an instruction is a sentence or two (the code
+#: keeps at most 500 characters, about 125 tokens), and the code reads only the first
+#: bracketed text, so the call stops at its "]" (see `OproConfig.optimizer_stop`).
+_BOUNDED_PROPOSER: Mapping[str, Any] = {"optimizer_max_tokens": 128, "optimizer_stop": ("]",)}
 
 # The exemplar inputs of ``gen_meta_prompt`` (text-bison, include_qa=True), by position.
 _EXEMPLAR_INPUTS = {
@@ -135,8 +146,14 @@ class OproConfig:
     #: model configs of optimize_instructions.py).
     optimizer_temperature: float = 1.0
     #: optimizer decode length (``max_decode_steps`` 1024 for text-bison, 512 for GPT); at most
-    #: a quarter of a small window is kept for it (see the module docstring).
+    #: a quarter of a small window is kept for it (see the module docstring). The budget
+    #: presets bound it to 128, the longest instruction the code keeps (500 characters).
     optimizer_max_tokens: int = 1024
+    #: stop sequences of the optimizer call: none in the code; the budget presets stop at "]",
+    #: the end of the first bracketed text, which is all the code extracts
+    #: (``extract_string_in_square_brackets``: the first ``[...]``), so a proposer that
+    #: rambles on after its instruction is not paid for.
+    optimizer_stop: tuple[str, ...] = ()
     #: training examples the instructions are scored on (261 on GSM8K: train_ratio 0.035, L644).
     num_score_examples: int = 261
     #: where the instruction goes: before_Q, Q_begin, Q_end or A_begin (Q_begin: the README).
@@ -171,6 +188,7 @@ class Opro(BlackBoxTuner):
     #   heavy:  32 * (1 + 36 * 8) + 4 * 100 + 36 = 9,684 <= 10,000
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "light": {
+            **_BOUNDED_PROPOSER,
             "num_search_steps": 6,
             "num_generated_per_step": 4,
             "num_score_examples": 12,
@@ -178,6 +196,7 @@ class Opro(BlackBoxTuner):
             "num_dev_examples": 32,
         },
         "medium": {
+            **_BOUNDED_PROPOSER,
             "num_search_steps": 9,
             "num_generated_per_step": 8,
             "num_score_examples": 24,
@@ -185,6 +204,7 @@ class Opro(BlackBoxTuner):
             "num_dev_examples": 64,
         },
         "heavy": {
+            **_BOUNDED_PROPOSER,
             "num_search_steps": 36,
             "num_generated_per_step": 8,
             "num_score_examples": 32,
@@ -300,9 +320,17 @@ class Opro(BlackBoxTuner):
                 n=cfg.num_generated_per_step,
                 temperature=cfg.optimizer_temperature,
                 max_tokens=max(1, max_tokens),
+                stop=list(cfg.optimizer_stop) or None,
                 seed=_step_seed(context.seed, step),
             )[0]
-            parsed = [polish_sentence(parse_proposal(c.text)) for c in outputs]
+            texts = [
+                # An answer cut at "]" lost it; one cut by length keeps its open bracket.
+                reclose(c.text, "[", "]")
+                if "]" in cfg.optimizer_stop and c.finish_reason == "stop"
+                else c.text
+                for c in outputs
+            ]
+            parsed = [polish_sentence(parse_proposal(t)) for t in texts]
             fresh = unique_instructions(parsed, seen)
             seen += [p for p in parsed if p]
             accepted = [

@@ -124,6 +124,12 @@ def paraphrase_answer(instruction: str) -> str:
     return f" <prompt>{instruction}</prompt>"
 
 
+def reclose(text: str, opener: str, closer: str) -> str:
+    """``text`` with ``closer`` put back after an API stopped at it (a stop sequence is not
+    part of the answer): when an ``opener`` follows the last ``closer``."""
+    return text + closer if text.rfind(opener) > text.rfind(closer) else text
+
+
 _TAGGED = re.compile(r"<prompt>(.*?)</prompt>", re.S)
 _BRACKETED = re.compile(r"\[([^\[\]]*)\]")
 

@@ -19,6 +19,14 @@ from methods.base import GENERATE, CapabilityError, Completion, ScoredText
 from methods.registry import BenchError, Registry
 
 V = TypeVar("V")
+#: how prompts reach a model: as raw text, or as one user turn of its chat template.
+PROMPT_FORMATS: tuple[str, ...] = ("raw", "chat")
+
+
+def chat_turns(user: str, system: str | None = None) -> list[dict[str, str]]:
+    """A one-question conversation: a system turn when ``system`` is given, then ``user``."""
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    return [*turns, {"role": "user", "content": user}]
 
 
 @dataclass(frozen=True)
@@ -94,10 +102,47 @@ class Backend(ABC):
     capabilities: frozenset[str] = frozenset({GENERATE})
     #: the context window in tokens, where known.
     context_length: int | None = None
+    #: how a prompt reaches the model, resolved by `resolve_prompt_format`: "raw" (the text
+    #: as given) or "chat" (one user turn of the model's chat template).
+    prompt_format: str = "raw"
+    #: a system turn before each user turn (chat only).
+    system_prompt: str | None = None
+
+    def default_prompt_format(self) -> str:
+        """The prompt format when none is given (the one place that decides it)."""
+        return "raw"
+
+    def resolve_prompt_format(self, prompt_format: str | None, system_prompt: str | None) -> None:
+        """Set `prompt_format` (``None``: `default_prompt_format`) and `system_prompt`.
+
+        Raises:
+            BenchError: an unknown format, or a system prompt without chat.
+        """
+        resolved = prompt_format or self.default_prompt_format()
+        if resolved not in PROMPT_FORMATS:
+            raise BenchError(
+                f"{self.name} backend: unknown prompt format {resolved!r}; "
+                f"valid: {', '.join(PROMPT_FORMATS)}"
+            )
+        if system_prompt is not None and resolved != "chat":
+            raise BenchError(
+                f"{self.name} backend: --system-prompt needs --prompt-format chat "
+                "(a raw prompt has no system turn)"
+            )
+        self.prompt_format, self.system_prompt = resolved, system_prompt
+
+    def chat_messages(self, prompt: str) -> list[dict[str, str]]:
+        """``prompt`` as a conversation: the system turn (if any), then one user turn."""
+        return chat_turns(prompt, self.system_prompt)
 
     def identity(self) -> dict[str, Any]:
         """What decides this backend's outputs, for cache keys: never keys or URLs."""
-        return {"backend": self.name, "model": self.model}
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "prompt_format": self.prompt_format,
+            "system": self.system_prompt,
+        }
 
     @abstractmethod
     def generate_batch(

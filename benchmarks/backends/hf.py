@@ -87,14 +87,25 @@ class HFBackend(Backend):
     Args:
         model: a local model directory (config, tokenizer, safetensors weights).
         device: "cuda", "cpu", ...; default "cuda" when available.
+        prompt_format: "raw" (default: the text as given) or "chat": every prompt, of every
+            capability, is one user turn of the tokenizer's chat template.
+        system_prompt: a system turn before the user turn (chat only).
     """
 
     capabilities = frozenset({GENERATE, LOGPROBS, SCORE, NEXT_TOKEN_LOGITS, PROMPT_EMBEDS})
 
-    def __init__(self, model: str, device: str | None = None, **_: Any):
+    def __init__(
+        self,
+        model: str,
+        device: str | None = None,
+        prompt_format: str | None = None,
+        system_prompt: str | None = None,
+        **_: Any,
+    ):
         self.path = check_model_dir(model)
         self.model = self.path.name
         self.device = device
+        self.resolve_prompt_format(prompt_format, system_prompt)
         self._engine: Any = None
         self._load_lock = threading.Lock()
 
@@ -113,10 +124,25 @@ class HFBackend(Backend):
         return self._engine
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "weights": weights_digest(self.path)}
+        return {**super().identity(), "weights": weights_digest(self.path)}
 
     def check_ready(self) -> None:
         self.context_length = int(self.engine.context_length)  # loading is the check
+        self._check_chat_template()
+
+    def _check_chat_template(self) -> None:
+        if self.prompt_format == "chat" and not self.engine.has_chat_template:
+            raise BenchError(
+                f"hf backend: model {self.model} has no chat template; use --prompt-format raw"
+            )
+
+    def _prompt(self, text: str) -> Any:
+        """What the engine is fed for ``text``: the text itself (raw), or the token ids of the
+        chat template around it (so special tokens are not added twice)."""
+        if self.prompt_format == "raw":
+            return text
+        self._check_chat_template()
+        return self.engine.chat_ids(self.chat_messages(text))
 
     def generate_batch(
         self, requests: Sequence[GenerateRequest]
@@ -131,7 +157,7 @@ class HFBackend(Backend):
             start = time.perf_counter()
             try:
                 generations = self.engine.generate(
-                    [requests[i].prompt for i in indices],
+                    [self._prompt(requests[i].prompt) for i in indices],
                     n=first.n,
                     temperature=first.temperature,
                     top_p=first.top_p,
@@ -158,8 +184,9 @@ class HFBackend(Backend):
             return []
         start = time.perf_counter()
         try:
+            # The continuation's tokens follow the templated prompt (the assistant's turn).
             scored = self.engine.score(
-                [r.prompt for r in requests], [r.continuation for r in requests]
+                [self._prompt(r.prompt) for r in requests], [r.continuation for r in requests]
             )
         except ValueError as exc:
             raise BenchError(f"hf backend: {exc}") from exc
@@ -187,7 +214,7 @@ class HFBackend(Backend):
             groups.setdefault(key, []).append(i)
         for indices in groups.values():
             soft = requests[indices[0]].soft_prompt
-            prompts = [requests[i].prompt for i in indices]
+            prompts = [self._prompt(requests[i].prompt) for i in indices]
             start = time.perf_counter()
             try:
                 rows = self.engine.next_token_logprobs(prompts, soft_prompt=soft)
@@ -196,7 +223,7 @@ class HFBackend(Backend):
             latency = time.perf_counter() - start
             extra = 0 if soft is None else int(np.shape(soft)[0])
             for row, i in enumerate(indices):
-                tokens = self.engine.count_tokens(requests[i].prompt) + extra
+                tokens = len(self.engine.encode(prompts[row])) + extra
                 results[i] = CallResult(rows[row], tokens, 0, latency_s=latency)
         return [r for r in results if r is not None]
 
@@ -207,7 +234,7 @@ class HFBackend(Backend):
         return self.engine.embedding_stats()
 
     def count_tokens(self, text: str) -> int:
-        return self.engine.count_tokens(text)
+        return len(self.engine.encode(self._prompt(text)))
 
     def close(self) -> None:
         self._engine = None

@@ -77,6 +77,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: the prompt format each API gives.
+_API_FORMAT = {"chat": "chat", "completions": "raw"}
 #: prompts per HTTP request on the completions API (its ``prompt`` may be a list).
 PROMPTS_PER_REQUEST = 16
 #: default requests in flight: polite to a remote API; wide for a local server, whose
@@ -254,7 +256,8 @@ class OpenAIBackend(Backend):
     Args:
         model: the model name the endpoint serves.
         base_url: the API root (``http://127.0.0.1:8000/v1``); None means OpenAI's own.
-        api: "chat" (chat completions) or "completions" (legacy completions, needed for echo).
+        api: "chat" (chat completions) or "completions" (legacy completions, needed for echo);
+            the API of ``prompt_format`` when not given (a contradicting pair is refused).
         api_key_env: the environment variable holding the key.
         api_key_file: a file holding the key (first line), instead of the environment.
         concurrency: the most requests in flight at once (the AIMD limiter's ceiling; it
@@ -265,6 +268,8 @@ class OpenAIBackend(Backend):
         backoff_s: the base of the exponential backoff (full jitter, capped at 30 s).
         capabilities: override the declared capabilities ("generate,logprobs,score").
         system_prompt: a system message for the chat API.
+        prompt_format: "chat" (the chat-completions API; grey-box calls send messages too) or
+            "raw" (the completions API); default `default_prompt_format`, or that of ``api``.
     """
 
     remote = True
@@ -273,7 +278,7 @@ class OpenAIBackend(Backend):
         self,
         model: str,
         base_url: str | None = None,
-        api: str = "chat",
+        api: str | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         api_key_file: str | Path | None = None,
         concurrency: int | None = None,
@@ -282,10 +287,20 @@ class OpenAIBackend(Backend):
         backoff_s: float = 0.5,
         capabilities: str | Sequence[str] | None = None,
         system_prompt: str | None = None,
+        prompt_format: str | None = None,
         **_: Any,
     ):
-        if api not in ("chat", "completions"):
+        if api is not None and api not in _API_FORMAT:
             raise BenchError(f"openai backend: unknown api {api!r}; valid: chat, completions")
+        if api is not None and prompt_format is not None and _API_FORMAT[api] != prompt_format:
+            raise BenchError(
+                f"{self.name or 'openai'} backend: --api {api} contradicts --prompt-format "
+                f"{prompt_format} (chat is the chat API, raw the completions API); give one"
+            )
+        self.resolve_prompt_format(
+            prompt_format or (_API_FORMAT[api] if api else None), system_prompt
+        )
+        api = "chat" if self.prompt_format == "chat" else "completions"
         if concurrency is None:
             concurrency = LOOPBACK_CONCURRENCY if is_loopback(base_url) else REMOTE_CONCURRENCY
         if concurrency < 1:
@@ -307,7 +322,6 @@ class OpenAIBackend(Backend):
         self.max_retries = max_retries
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
-        self.system_prompt = system_prompt
         self._key_env = api_key_env
         self._key_file = Path(api_key_file) if api_key_file else None
         self._override = parse_capabilities(capabilities)
@@ -424,15 +438,13 @@ class OpenAIBackend(Backend):
             self._io = None
             self._client = None
 
+    def default_prompt_format(self) -> str:
+        return "chat"  # what a hosted instruct model is served for
+
     def identity(self) -> dict[str, Any]:
         # The API flavour changes the prompt the model sees (chat template), so it is part of
         # the identity; the URL and key are not.
-        return {
-            "backend": "openai",
-            "model": self.model,
-            "api": self.api,
-            "system": self.system_prompt,
-        }
+        return {**super().identity(), "backend": "openai", "api": self.api}
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -611,9 +623,7 @@ class OpenAIBackend(Backend):
             if r.logprobs is not None:
                 common["logprobs"] = True
                 common["top_logprobs"] = r.logprobs
-            messages = [{"role": "user", "content": r.prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            messages = self.chat_messages(r.prompt)
 
             async def call() -> Any:
                 return await client.chat.completions.create(messages=messages, **common)
@@ -721,11 +731,13 @@ class OpenAIBackend(Backend):
 
         client = self._async_client()
         soft = group[0].soft_prompt
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompts": [r.prompt for r in group],
-            "soft_prompt": None,
-        }
+        body: dict[str, Any] = {"model": self.model, "soft_prompt": None}
+        # Under chat the server renders each row as its chat API does: a distribution follows
+        # the prompt generation sees.
+        if self.prompt_format == "chat":
+            body["messages"] = [self.chat_messages(r.prompt) for r in group]
+        else:
+            body["prompts"] = [r.prompt for r in group]
         if soft is not None:
             if PROMPT_EMBEDS not in self.capabilities:
                 raise CapabilityError(

@@ -43,7 +43,9 @@ class ZooBackend(OpenAIBackend):
         model: a zoo model name or a local model directory.
         grey_box: serve next-token distributions and soft-prompt input (BBT, proxy-tuning,
             contrastive decoding need them); off makes it a pure text API.
-        api: "completions" (default: echo scoring available) or "chat".
+        api: "completions" (echo scoring available) or "chat"; see ``prompt_format``.
+        prompt_format: "raw" (default: the completions API, the text as the zoo was trained
+            on it) or "chat" (the chat API; the server applies the model's chat template).
     """
 
     remote = False
@@ -52,7 +54,7 @@ class ZooBackend(OpenAIBackend):
         self,
         model: str = "zoo-large",
         grey_box: bool = True,
-        api: str = "completions",
+        api: str | None = None,
         **options: Any,
     ):
         self.model_dir = resolve_model_dir(model)
@@ -66,6 +68,9 @@ class ZooBackend(OpenAIBackend):
         # and a retry after a short timeout only adds load.
         options["timeout_s"] = options.get("timeout_s") or ZOO_TIMEOUT_S
         super().__init__(model=name, base_url=PLACEHOLDER_URL, api=api, **options)
+
+    def default_prompt_format(self) -> str:
+        return "raw"  # the zoo is trained on plain text
 
     def check_ready(self) -> None:
         """Ready from the model directory alone when it can be: the server's model card

@@ -65,6 +65,8 @@ def _match_choice_text(text: str, choices: Sequence[str], *, fold: bool) -> int 
 
 #: the seeds of the LM-BFF / RLPrompt 16-shot splits.
 FEWSHOT_SEEDS = (13, 21, 42, 87, 100)
+#: `Task.options` entry of the tasks with LM-BFF / RLPrompt 16-shot splits.
+FEWSHOT_SEED_OPTION = "which 16-shot train/dev split: 13, 21, 42 (default), 87 or 100"
 _WORD = re.compile(r"[a-z]+")
 
 

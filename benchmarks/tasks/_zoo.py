@@ -448,32 +448,44 @@ class ZooTask(Task):
     """
 
     space: ClassVar[InstructionSpace]
-    stop: ClassVar[tuple[str, ...]] = ("\n",)
+    stop = ("\n",)
     #: 1 in ``reserve_mod`` inputs is reserved for target splits (see `is_reserved`); 1 = no
     #: reservation (tasks that partition by entity instead).
     reserve_mod: ClassVar[int] = 4
     #: a bound on every document of the task's corpus, in `approx_tokens`.
     max_doc_tokens: ClassVar[int] = 160
 
+    options: ClassVar[Mapping[str, str]] = {
+        "seed": "which sampled splits (default 0; the world is fixed)",
+        "n_train": "train examples (default 500)",
+        "n_dev": "dev examples (default 100)",
+        "n_test": "test examples (default 200)",
+    }
+
     def __init__(
         self,
         data_dir: Path | str | None = None,
         *,
+        prompt_format: str = "raw",
         seed: int = 0,
         n_train: int = 500,
         n_dev: int = 100,
         n_test: int = 200,
         **options: Any,
     ):
-        if options:
-            valid = "seed, n_train, n_dev, n_test"
-            raise BenchError(
-                f"task {self.name}: unknown option(s) {sorted(options)}; valid: {valid}"
-            )
+        # The base refuses unknown options (``options`` holds only those).
+        super().__init__(
+            data_dir,
+            prompt_format=prompt_format,
+            seed=seed,
+            n_train=n_train,
+            n_dev=n_dev,
+            n_test=n_test,
+            **options,
+        )
         sizes: dict[Split, int] = {"train": int(n_train), "dev": int(n_dev), "test": int(n_test)}
         if any(n < 0 for n in sizes.values()):
             raise BenchError(f"task {self.name}: split sizes must be >= 0, got {sizes}")
-        super().__init__(data_dir, seed=seed, n_train=n_train, n_dev=n_dev, n_test=n_test)
         self.seed = int(seed)
         self.sizes = sizes
         self._splits: dict[Split, list[Example]] | None = None

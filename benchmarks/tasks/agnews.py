@@ -20,10 +20,16 @@ or one of the synonyms "sport" (sports), "science" and "technology" (tech).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from benchmarks.tasks._common import fewshot_seed, first_label_word, labelled_examples
+from benchmarks.tasks._common import (
+    FEWSHOT_SEED_OPTION,
+    fewshot_seed,
+    first_label_word,
+    labelled_examples,
+)
 from benchmarks.tasks.base import HubSource, Split, Task, register_task
 from methods.base import Example
 
@@ -48,6 +54,11 @@ class AGNews(Task):
     description = "news topic classification, 4 classes (BBT few-shot setting: 16 shots/class)"
     max_tokens = 5
     stop = ("\n",)
+    # Instruct models answer in a sentence ("The sentiment of the review is positive."); the
+    # first label word anywhere in it is read, so the answer may take a line.
+    chat_max_tokens = 20
+    chat_stop = ("\n\n",)
+    options: ClassVar[Mapping[str, str]] = {"fewshot_seed": FEWSHOT_SEED_OPTION}
     input_prefix = "Article: "
     output_prefix = "Topic:"
     instructions = (
@@ -63,7 +74,7 @@ class AGNews(Task):
 
     def __init__(self, data_dir: Path | str | None = None, **options: Any):
         super().__init__(data_dir, **options)
-        self.fewshot_seed = fewshot_seed(self.name, options)
+        self.fewshot_seed = fewshot_seed(self.name, self.option_values)
 
     def load_split(self, split: Split) -> list[Example]:
         seed = 42 if split == "test" else self.fewshot_seed

@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from benchmarks.backends.base import PROMPT_FORMATS
 from methods.base import Example, TaskKind
 from methods.registry import BenchError, Registry
 
@@ -54,16 +55,42 @@ class Task(ABC):
     kind: ClassVar[TaskKind] = "generation"
     labels: ClassVar[tuple[str, ...] | None] = None
     instructions: ClassVar[tuple[str, ...]] = ()
-    max_tokens: ClassVar[int] = 256
-    stop: ClassVar[tuple[str, ...]] = ("\n\nQ:", "\nQ:")
+    #: answer length and stop sequences of the raw (completion) prompt format; an instance
+    #: holds those of its own format (see `chat_max_tokens`).
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ("\n\nQ:", "\nQ:")
+    #: the same under a chat template (None: as raw). Instruct models answer in a sentence
+    #: ("The sentiment of the review is positive."), which raw limits made for bare answers cut.
+    chat_max_tokens: ClassVar[int | None] = None
+    chat_stop: ClassVar[tuple[str, ...] | None] = None
+    #: the options the task takes (``--task-option TASK.KEY=VALUE``): name -> one-line
+    #: description; any other key is refused.
+    options: ClassVar[Mapping[str, str]] = {}
     #: short description for `bench ls tasks`.
     description: ClassVar[str] = ""
     input_prefix: ClassVar[str] = "Q: "
     output_prefix: ClassVar[str] = "A:"
 
-    def __init__(self, data_dir: Path | str | None = None, **options: Any):
+    def __init__(
+        self, data_dir: Path | str | None = None, *, prompt_format: str = "raw", **options: Any
+    ):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = f"valid: {', '.join(self.options)}" if self.options else "it takes no options"
+            raise BenchError(f"task {self.name}: unknown option {unknown[0]!r}; {valid}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise BenchError(
+                f"task {self.name}: unknown prompt format {prompt_format!r}; "
+                f"valid: {', '.join(PROMPT_FORMATS)}"
+            )
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self.options = options
+        self.option_values: dict[str, Any] = dict(options)
+        self.prompt_format = prompt_format
+        if prompt_format == "chat":
+            if self.chat_max_tokens is not None:
+                self.max_tokens = self.chat_max_tokens
+            if self.chat_stop is not None:
+                self.stop = self.chat_stop
         self._cache: dict[str, list[Example]] = {}
         self._fingerprint: str | None = None
 
@@ -123,7 +150,9 @@ class Task(ABC):
     def _hash_examples(self) -> str:
         h = hashlib.sha256()
         h.update(self.name.encode())
-        h.update(json.dumps([self.instructions, self.labels, self.stop]).encode())
+        # The answer limits of the prompt format decide what is scored, so they are hashed.
+        limits = [self.instructions, self.labels, self.stop, self.max_tokens, self.prompt_format]
+        h.update(json.dumps(limits).encode())
         for split in SPLITS:
             for ex in self.examples(split):
                 h.update(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False).encode())

@@ -42,6 +42,11 @@ class GSM8K(Task):
     kind = "generation"
     description = "grade-school math word problems; exact match on the final number"
     max_tokens = 256
+    # An instruct model's chain of thought runs longer than the 8-shot chains (steps written as
+    # sentences, often a closing restatement); the last number is read, so a new question it
+    # starts is cut ("Question:" as well as "Q:").
+    chat_max_tokens = 512
+    chat_stop = ("\n\nQ:", "\nQ:", "Question:")
     instructions = (
         "Solve the math word problem. Reason step by step, then give the final answer on its "
         "own line as '#### <number>'.",

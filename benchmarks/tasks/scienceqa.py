@@ -48,6 +48,9 @@ class ScienceQA(Task):
     description = "text-only grade-school science multiple choice (ScienceQA test questions)"
     max_tokens = 16
     stop = ("\n",)
+    # The answer is read from the start of the output (a letter, or a choice's whole text):
+    # room for a long choice text, which an instruct model may repeat after its letter.
+    chat_max_tokens = 48
     input_prefix = "Question: "
     output_prefix = "Answer:"
     instructions = (

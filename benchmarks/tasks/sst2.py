@@ -17,10 +17,16 @@ or one of BBT's verbalizer words "bad"/"great" taken as "negative"/"positive".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from benchmarks.tasks._common import fewshot_seed, first_label_word, labelled_examples
+from benchmarks.tasks._common import (
+    FEWSHOT_SEED_OPTION,
+    fewshot_seed,
+    first_label_word,
+    labelled_examples,
+)
 from benchmarks.tasks.base import HubSource, Split, Task, register_task
 from methods.base import Example
 
@@ -42,6 +48,11 @@ class SST2(Task):
     description = "movie-review sentiment (BBT few-shot setting: 16 shots/class, GLUE dev test)"
     max_tokens = 5
     stop = ("\n",)
+    # Instruct models answer in a sentence ("The sentiment of the review is positive."); the
+    # first label word anywhere in it is read, so the answer may take a line.
+    chat_max_tokens = 20
+    chat_stop = ("\n\n",)
+    options: ClassVar[Mapping[str, str]] = {"fewshot_seed": FEWSHOT_SEED_OPTION}
     input_prefix = "Review: "
     output_prefix = "Sentiment:"
     instructions = (
@@ -56,7 +67,7 @@ class SST2(Task):
 
     def __init__(self, data_dir: Path | str | None = None, **options: Any):
         super().__init__(data_dir, **options)
-        self.fewshot_seed = fewshot_seed(self.name, options)
+        self.fewshot_seed = fewshot_seed(self.name, self.option_values)
 
     def load_split(self, split: Split) -> list[Example]:
         if split == "test":

@@ -37,6 +37,10 @@ class StrategyQA(Task):
     kind = "generation"
     description = "yes/no questions needing implicit multi-hop reasoning; exact match"
     max_tokens = 256
+    # Models go on to invent the next question as "Question:" as often as "Q:"; without this
+    # stop an answer ran to the 256-token limit (and the invented question's "#### yes/no"
+    # became the answer).
+    stop = ("\n\nQ:", "\nQ:", "Question:")
     instructions = (
         "Answer the yes/no question. First write the facts you need, one per line, then give "
         "the answer on a final line as '#### yes' or '#### no'.",

@@ -20,8 +20,9 @@ counts), not the paper's MC2, which is the normalised probability mass on the tr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmarks.tasks._common import LETTERS, extract_choice, hash_split
 from benchmarks.tasks.base import (
@@ -44,6 +45,12 @@ class TruthfulQA(Task):
     description = "truthful multiple choice among common misconceptions (option mc=1|2)"
     max_tokens = 16
     stop = ("\n",)
+    # The answer is read from the start of the output (a letter, or a choice's whole text):
+    # room for a long choice text, which an instruct model may repeat after its letter.
+    chat_max_tokens = 48
+    options: ClassVar[Mapping[str, str]] = {
+        "mc": "1 (default: one true answer) or 2 (several true answers)"
+    }
     input_prefix = "Question: "
     output_prefix = "Answer:"
     instructions = (
@@ -59,7 +66,7 @@ class TruthfulQA(Task):
 
     def __init__(self, data_dir: Path | str | None = None, **options: Any):
         super().__init__(data_dir, **options)
-        mc = options.get("mc", 1)
+        mc = self.option_values.get("mc", 1)
         if str(mc) not in ("1", "2"):
             raise BenchError(f"task truthfulqa: option mc must be 1 or 2, got {mc!r}")
         self.mc = int(mc)

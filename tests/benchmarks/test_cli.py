@@ -52,3 +52,37 @@ def test_unknown_subcommand_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_report_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--results-dir", str(tmp_path)]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_prompt_format_and_system_prompt_reach_the_backend_options(tmp_path: Path) -> None:
+    from benchmarks.cli import build_parser, run_config_from_args
+
+    argv = ["run", "--prompt-format", "chat", "--system-prompt", "Be brief.", "--model", "m"]
+    config, _ = run_config_from_args(build_parser().parse_args(argv))
+    assert config.backend.options["prompt_format"] == "chat"
+    assert config.backend.options["system_prompt"] == "Be brief."
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("prompt_format: raw\nsystem_prompt: Be brief.\n", encoding="utf-8")
+    config, _ = run_config_from_args(build_parser().parse_args(["run", "--config", str(cfg)]))
+    assert config.backend.options["prompt_format"] == "raw"
+    assert config.backend.options["system_prompt"] == "Be brief."
+    # Not given: left to the backend (which records what it resolved).
+    config, _ = run_config_from_args(build_parser().parse_args(["run"]))
+    assert "prompt_format" not in config.backend.options
+
+
+def test_contradicting_api_and_prompt_format_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--api", "completions", "--prompt-format", "chat", "--dry-run"]
+    assert main([*argv, "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--api completions contradicts --prompt-format chat" in err and "\n" not in err
+
+
+def test_unknown_task_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--methods", "zero-shot", "--tasks", "sst2", "--task-option", "sst2.bogus=1"]
+    assert main([*argv, "--dry-run", "--results-dir", str(tmp_path)]) == 2
+    assert "task sst2: unknown option 'bogus'; valid: fewshot_seed" in capsys.readouterr().err
+    assert main(["ls", "tasks"]) == 0
+    assert "option fewshot_seed" in capsys.readouterr().out

@@ -5,6 +5,7 @@ incompatible pairs, resume, and bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,3 +402,45 @@ def test_no_training_cache_trains_every_time_and_keeps_the_rest_cached(tmp_path:
     assert tune["cached_seconds"] == 0 and tune["wall_s"] > 0  # trained again
     assert _tokens(record.usage, "billed", "eval") == 0  # answers and batches still cached
     assert not (tmp_path / "c" / "training").exists()
+
+
+def test_prompt_format_reaches_tasks_records_and_run_json(
+    tmp_path: Path, model_dir: Path, shared_data: Path
+) -> None:
+    chat_model = tmp_path / "tiny-chat"
+    shutil.copytree(model_dir, chat_model)
+    config = json.loads((chat_model / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    (chat_model / "tokenizer_config.json").write_text(json.dumps(config))
+    base = ["run", "--methods", "zero-shot", "--tasks", "zoo-sentiment", "--backend", "hf"]
+    base += ["--limit", "2", "--results-dir", str(tmp_path / "r")]
+    base += ["--cache-dir", str(tmp_path / "c")]
+    chat = [*base, "--model", str(chat_model), "--run-id", "chat", "--prompt-format", "chat"]
+    assert main([*chat, "--system-prompt", "Be brief."]) == 0
+    assert main([*base, "--model", str(chat_model), "--run-id", "raw"]) == 0
+    for run, fmt, system in (("chat", "chat", "Be brief."), ("raw", "raw", None)):
+        store = RunStore(tmp_path / "r" / run)
+        (cell,) = store.cells()
+        assert (cell.prompt_format, cell.system_prompt) == (fmt, system)
+        options = store.read_spec()["config"]["backend"]["options"]
+        assert options["prompt_format"] == fmt  # the resolved default is recorded too
+    # A run recorded before the option resumes: its format was the backend's default.
+    spec_path = tmp_path / "r" / "raw" / "run.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["config"]["backend"]["options"]["prompt_format"]
+    spec_path.write_text(json.dumps(spec))
+    assert main([*base, "--model", str(chat_model), "--run-id", "raw", "--resume"]) == 0
+    # The task's answer limits follow the backend's format.
+    from benchmarks.cli import build_parser, run_config_from_args
+    from benchmarks.runner import Runner
+
+    argv = [*chat, "--tasks", "sst2,zoo-sentiment", "--run-id", "plan-only"]
+    argv += ["--data-dir", str(shared_data)]
+    run_config, _ = run_config_from_args(build_parser().parse_args(argv))
+    with Runner(run_config) as runner:
+        runner.plan()
+        assert runner.tasks["sst2"].prompt_format == "chat"
+        assert runner.tasks["sst2"].max_tokens == type(runner.tasks["sst2"]).chat_max_tokens

@@ -340,3 +340,28 @@ def test_start_failures_are_reported(
         port = taken.getsockname()[1]
         with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*cannot bind"):
             start_server(tiny_model_dir(), model_name=MODEL, port=port, timeout_s=30)
+
+
+def test_next_token_takes_messages_rendered_as_chat(engine: HFEngine) -> None:
+    tokenizer = copy.deepcopy(engine.tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    templated = HFEngine(engine.model, tokenizer, device="cpu")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    ids = tokenizer(
+        "<|endoftext|>system: Be brief.\n<|endoftext|>user: Hi\nassistant:",
+        add_special_tokens=False,
+    )["input_ids"]
+    url = "/v1/bench/next_token_logprobs"
+    with TestClient(create_app(templated, model_name=MODEL, grey_box=True)) as local:
+        reply = local.post(url, json={"model": MODEL, "messages": [messages, messages]}).json()
+        both = local.post(url, json={"model": MODEL, "messages": [messages], "prompts": ["Hi"]})
+        neither = local.post(url, json={"model": MODEL})
+    rows = np.frombuffer(base64.b64decode(reply["data"]), dtype="<f4").reshape(reply["shape"])
+    assert rows.shape[0] == 2
+    np.testing.assert_allclose(rows[0], templated.next_token_logprobs([ids])[0], atol=1e-5)
+    assert reply["usage"]["prompt_tokens"] == 2 * len(ids)
+    assert both.status_code == neither.status_code == 400
+    assert "prompts or messages" in both.json()["error"]["message"]

@@ -16,6 +16,7 @@ from methods.prompting import (
     evoprompt_de_prompt,
     paraphrase_prompt,
 )
+from tests.methods.conftest import as_an_api_answers
 
 # --------------------------------------------------------------------------------------------
 # Fakes: a task, a task model whose accuracy per instruction is scripted, a scripted proposer.
@@ -450,3 +451,51 @@ def test_light_preset_on_zoo_sentiment(method: str, zoo_large: Any, zoo_backend:
     assert results[0] == results[1]
     predictions = policy.predict(test, task=task, backend=zoo_large)
     assert len(predictions) == 16 and any(p.answer is not None for p in predictions)
+
+
+class _RamblingProposer(_Proposer):
+    """Tags its answer, then writes 800 words of noise, cut as an API cuts it; records the
+    limits it was sent."""
+
+    def __init__(self, respond: Callable[[str], str]):
+        super().__init__(respond)
+        self.limits: list[tuple[int, list[str] | None]] = []
+
+    def generate(  # type: ignore[override]
+        self, prompts: Sequence[str], *, max_tokens: int, stop: list[str] | None = None, **kw: Any
+    ) -> list[list[Completion]]:
+        out = []
+        for prompt in prompts:
+            self.limits.append((max_tokens, stop))
+            self.requests.append((prompt, kw.get("temperature", 0.0), kw.get("seed")))
+            text = self.respond(prompt) + " and so on" * 800
+            out.append([as_an_api_answers(text, max_tokens=max_tokens, stop=stop)])
+        return out
+
+
+@pytest.mark.parametrize("budget", ["light", "medium", "heavy"])
+@pytest.mark.parametrize("method", ["evoprompt-ga", "evoprompt-de"])
+def test_presets_cut_a_rambling_proposer_after_its_prompt(method: str, budget: str) -> None:
+    task = make_task("Say pos .", "Say neg .")
+    model = _TaskModel({"Say pos .": 0.5, "Say neg .": 0.4, "Be new .": 0.9})
+    proposer = _RamblingProposer(lambda request: "\n<prompt>Be new .</prompt>")
+    tuner = get_method(method).from_budget(budget, population=2, iterations=1, dev_size=10)
+    policy = tuner.fit(
+        task.examples("train"),
+        task=task,
+        backend=model,  # type: ignore[arg-type]
+        dev=task.examples("dev"),
+        proposer=proposer,  # type: ignore[arg-type]
+        context=TuneContext(seed=0),
+    )
+    assert proposer.limits and all(
+        max_tokens <= 128 and stop == ["</prompt>"] for max_tokens, stop in proposer.limits
+    )
+    assert isinstance(policy, PromptPolicy) and policy.instruction == "Be new ."
+
+
+def test_paper_preset_keeps_the_official_length_and_no_stop() -> None:
+    task = make_task("Say pos .", "Say neg .")
+    proposer = _RamblingProposer(lambda request: "\n<prompt>Be new .</prompt>")
+    run("evoprompt-ga", task, _TaskModel({}), proposer, population=2, iterations=1)
+    assert proposer.limits and all(limit == (1000, None) for limit in proposer.limits)

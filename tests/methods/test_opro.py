@@ -32,6 +32,7 @@ from methods.opro import (
     shown_instructions,
 )
 from methods.prompting import opro_meta_prompt
+from tests.methods.conftest import as_an_api_answers
 
 HEADER = (
     "I have some texts along with their corresponding scores. The texts are arranged in "
@@ -578,3 +579,45 @@ def test_short_run_on_zoo_sentiment_is_deterministic(zoo_large: Any) -> None:
     assert len(runs[0][0]) > 1  # proposals were parsed and scored
     preds = runs[0][1].predict(task.examples("test"), task=task, backend=zoo_large)
     assert sum(p.answer in task.labels for p in preds) >= 6  # type: ignore[operator]
+
+
+class _RamblingProposer(_Proposer):
+    """Writes its instruction in brackets, then 800 words of noise, cut as an API cuts it."""
+
+    def generate(self, prompts: Sequence[str], **kwargs: Any) -> list[list[Completion]]:
+        self.requests.append({"prompt": prompts[0], **kwargs})
+        text = "\n[Think step by step .] " + "and so on " * 800
+        cut = as_an_api_answers(text, max_tokens=kwargs["max_tokens"], stop=kwargs.get("stop"))
+        return [[cut] * kwargs["n"]]
+
+
+@pytest.mark.parametrize("budget", ["light", "medium", "heavy"])
+def test_presets_cut_a_rambling_proposer_after_its_instruction(budget: str) -> None:
+    task = _Toy()
+    proposer = _RamblingProposer([])
+    tuner = Opro.from_budget(
+        budget, num_search_steps=1, num_score_examples=10, dev_top_k=0, num_generated_per_step=2
+    )
+    tuner.fit(
+        task.examples("train"),
+        task=task,
+        backend=_Scorer(TRAIN_ACC),  # type: ignore[arg-type]
+        proposer=proposer,  # type: ignore[arg-type]
+        context=TuneContext(seed=0),
+    )
+    (request,) = proposer.requests
+    assert request["stop"] == ["]"] and request["max_tokens"] <= 128
+    # The instruction before the cut "]" is still read.
+    assert [text for text, _, step in tuner.history if step == 0] == ["Think step by step ."]
+
+
+def test_paper_preset_keeps_the_official_decode_length_and_no_stop() -> None:
+    task, proposer = _Toy(), _RamblingProposer([])
+    _tuner(num_search_steps=1).fit(
+        task.examples("train"),
+        task=task,
+        backend=_Scorer(TRAIN_ACC),  # type: ignore[arg-type]
+        proposer=proposer,  # type: ignore[arg-type]
+        context=TuneContext(seed=0),
+    )
+    assert proposer.requests[0]["max_tokens"] == 1024 and proposer.requests[0]["stop"] is None

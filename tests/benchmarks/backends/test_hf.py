@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +105,71 @@ def test_bad_paths_say_what_is_expected(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(BenchError, match="safetensors"):
         make_backend("hf", model=str(tmp_path))
+
+
+# -- prompt formats -----------------------------------------------------------------------
+
+#: a chat template that marks every turn with a special token.
+TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with `TEMPLATE` in its tokenizer config."""
+    path = tmp_path_factory.mktemp("chat") / "tiny-chat"
+    shutil.copytree(tiny_model_dir(), path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
+    return path
+
+
+def test_chat_format_templates_every_capability(chat_model: Path) -> None:
+    chat = make_backend(
+        "hf", model=str(chat_model), device="cpu", prompt_format="chat", system_prompt="Be brief."
+    )
+    assert isinstance(chat, HFBackend)
+    chat.check_ready()
+    engine = chat.engine
+    rendered = "<|endoftext|>system: Be brief.\n<|endoftext|>user: Q: 2 + 3\nassistant:"
+    ids = engine.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert ids.count(engine.tokenizer.eos_token_id) == 2  # the template's tokens, once each
+    assert chat.count_tokens("Q: 2 + 3") == len(ids)
+
+    [gen] = chat.generate_batch([GenerateRequest("Q: 2 + 3", max_tokens=4)])
+    assert gen.value[0].text == engine.generate([ids], max_tokens=4)[0].samples[0].text
+    assert gen.prompt_tokens == len(ids)
+
+    [scored] = chat.score_batch([ScoreRequest("Q: 2 + 3", " 5")])
+    [expected] = engine.score([ids], [" 5"])  # the continuation follows the assistant cue
+    assert scored.value.token_logprobs == pytest.approx(list(expected.token_logprobs))
+    assert scored.prompt_tokens == len(ids) + len(expected.tokens)  # billed: the whole text
+
+    [row] = chat.next_token_batch([NextTokenRequest("Q: 2 + 3")])
+    np.testing.assert_allclose(row.value, engine.next_token_logprobs([ids])[0], atol=1e-6)
+    assert row.prompt_tokens == len(ids)
+
+    raw = HFBackend(str(chat_model), device="cpu")
+    assert raw.prompt_format == "raw"  # the default, for hf
+    assert raw.count_tokens("Q: 2 + 3") < len(ids)
+    identities = {json.dumps(b.identity(), sort_keys=True) for b in (raw, chat)}
+    identities.add(json.dumps(HFBackend(str(chat_model), prompt_format="chat").identity()))
+    assert len(identities) == 3  # format and system prompt are part of the cache key
+
+
+def test_chat_without_a_template_is_refused(backend: HFBackend) -> None:
+    chat = HFBackend(str(tiny_model_dir()), device="cpu", prompt_format="chat")
+    message = f"hf backend: model {chat.model} has no chat template; use --prompt-format raw"
+    with pytest.raises(BenchError, match=re.escape(message)):
+        chat.check_ready()
+    with pytest.raises(BenchError, match="no chat template"):
+        chat.generate_batch([GenerateRequest("Q: 1 + 1", max_tokens=2)])
+
+
+def test_bad_prompt_format_and_raw_system_prompt_are_refused() -> None:
+    with pytest.raises(BenchError, match="unknown prompt format 'chatml'; valid: raw, chat"):
+        HFBackend(str(tiny_model_dir()), prompt_format="chatml")
+    with pytest.raises(BenchError, match="--system-prompt needs --prompt-format chat"):
+        HFBackend(str(tiny_model_dir()), system_prompt="Be brief.")

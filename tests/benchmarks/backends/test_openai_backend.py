@@ -214,3 +214,20 @@ def test_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert "sk-test" not in json.dumps(backend.identity())
     with pytest.raises(BenchError, match="unknown api"):
         OpenAIBackend("m", api="legacy")
+
+
+def test_prompt_format_defaults_to_chat_and_follows_api() -> None:
+    default = OpenAIBackend("m")
+    assert (default.prompt_format, default.api) == ("chat", "chat")
+    assert OpenAIBackend("m", api="completions").prompt_format == "raw"
+    assert OpenAIBackend("m", prompt_format="raw").api == "completions"
+    with pytest.raises(BenchError, match="openai backend: --api chat contradicts --prompt-format"):
+        OpenAIBackend("m", api="chat", prompt_format="raw")
+    with pytest.raises(BenchError, match="--system-prompt needs --prompt-format chat"):
+        OpenAIBackend("m", api="completions", system_prompt="Be brief.")
+    system = OpenAIBackend("m", system_prompt="Be brief.")
+    assert system.identity() != default.identity()
+    assert system.chat_messages("Hi") == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]

@@ -3,16 +3,21 @@ capabilities, and reports a dead server at once instead of retrying into it."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks.backends.base import GenerateRequest, PartialBatchError
+from benchmarks.backends.base import GenerateRequest, NextTokenRequest, PartialBatchError
 from benchmarks.backends.zoo import PLACEHOLDER_URL, ZooBackend
+from benchmarks.engine import HFEngine
 from benchmarks.errors import BackendUnavailable
 from benchmarks.tiny import tiny_model_dir
+from methods.registry import BenchError
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,45 @@ def test_token_counts_match_the_servers_tokenizer(model: Path, name: str) -> Non
 def test_the_loopback_server_gets_a_long_timeout_unless_one_is_given(model: Path) -> None:
     assert ZooBackend(str(model)).timeout_s == 300.0
     assert ZooBackend(str(model), timeout_s=5.0).timeout_s == 5.0
+
+
+# -- prompt formats -----------------------------------------------------------------------
+
+#: a chat template that marks every turn with a special token.
+TEMPLATE = (
+    "{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def test_prompt_format_picks_the_api_and_the_identity(model: Path) -> None:
+    raw = ZooBackend(str(model))
+    assert (raw.prompt_format, raw.api) == ("raw", "completions")  # the zoo's default
+    chat = ZooBackend(str(model), prompt_format="chat", system_prompt="Be brief.")
+    assert (chat.prompt_format, chat.api) == ("chat", "chat")
+    assert ZooBackend(str(model), api="chat").prompt_format == "chat"  # --api still works
+    assert len({str(b.identity()) for b in (raw, chat, ZooBackend(str(model), api="chat"))}) == 3
+    with pytest.raises(BenchError, match="zoo backend: --api completions contradicts"):
+        ZooBackend(str(model), api="completions", prompt_format="chat")
+
+
+def test_grey_box_calls_under_chat_see_the_prompt_generation_sees(
+    tmp_path: Path, model: Path
+) -> None:
+    chat_model = tmp_path / "tiny-chat"
+    shutil.copytree(model, chat_model)
+    config = json.loads((chat_model / "tokenizer_config.json").read_text())
+    config["chat_template"] = TEMPLATE
+    (chat_model / "tokenizer_config.json").write_text(json.dumps(config))
+    engine = HFEngine.load(chat_model, device="cpu")
+    ids = engine.chat_ids(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: 1\nA:"}]
+    )
+    with ZooBackend(str(chat_model), prompt_format="chat", system_prompt="Be brief.") as chat:
+        chat.check_ready()
+        (generated,) = chat.generate_batch([GenerateRequest("Q: 1\nA:", max_tokens=3)])
+        (row,) = chat.next_token_batch([NextTokenRequest("Q: 1\nA:")])
+    assert generated.prompt_tokens == len(ids)  # the chat API, templated by the server
+    assert row.prompt_tokens == len(ids)  # and so is the distribution's prompt
+    np.testing.assert_allclose(row.value, engine.next_token_logprobs([ids])[0], atol=1e-5)
+    assert np.abs(row.value - engine.next_token_logprobs(["Q: 1\nA:"])[0]).max() > 1e-3

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from benchmarks.tasks.base import (
     DataError,
+    Split,
+    Task,
     extract_final_number,
+    get_task,
     normalize_number,
     read_rows,
     split_holdout,
     stable_shuffle,
 )
 from methods.base import Example
+from methods.registry import BenchError
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -183,3 +188,74 @@ def test_hub_fallback_is_tried_and_reported_offline(tmp_path, monkeypatch) -> No
     msg = str(info.value)
     assert "gsm8k/test.jsonl not found" in msg and "hub:gsm8k/main[test]" in msg
     assert "\n" not in msg
+
+
+# -- options and prompt formats -----------------------------------------------------------
+
+
+class _Tiny(Task):
+    """A task with chat limits of its own, for the format tests."""
+
+    name = "tiny-format"
+    max_tokens = 5
+    stop = ("\n",)
+    chat_max_tokens = 20
+    chat_stop = ("\n\n",)
+
+    def load_split(self, split: Split) -> list[Example]:
+        return [Example(f"{split}-0", "x", "y")]
+
+    def extract(self, text: str, example: Example) -> str | None:
+        return text.strip() or None
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("sst2", {"bogus": 1}, "task sst2: unknown option 'bogus'; valid: fewshot_seed"),
+        ("agnews", {"fewshot": 13}, "task agnews: unknown option 'fewshot'; valid: fewshot_seed"),
+        ("truthfulqa", {"mc2": 1}, "task truthfulqa: unknown option 'mc2'; valid: mc"),
+        ("strategyqa", {"seed": 1}, "task strategyqa: unknown option 'seed'; it takes no options"),
+        ("gsm8k", {"k": 8}, "task gsm8k: unknown option 'k'; it takes no options"),
+        ("zoo-hops", {"n_tset": 5}, "unknown option 'n_tset'; valid: seed, n_train, n_dev"),
+    ],
+)
+def test_unknown_task_option_is_refused_with_the_valid_ones(
+    name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(BenchError, match=re.escape(message)):
+        get_task(name, **options)
+
+
+def test_declared_options_are_taken() -> None:
+    assert get_task("sst2", fewshot_seed=13).fewshot_seed == 13
+    assert get_task("truthfulqa", mc=2).mc == 2
+    assert get_task("zoo-arith", n_test=3).sizes["test"] == 3
+
+
+def test_chat_format_takes_the_chat_limits_and_raw_keeps_its_own() -> None:
+    raw, chat = _Tiny(), _Tiny(prompt_format="chat")
+    assert (raw.max_tokens, raw.stop) == (5, ("\n",))
+    assert (chat.max_tokens, chat.stop) == (20, ("\n\n",))
+    sst2 = get_task("sst2", prompt_format="chat")
+    assert sst2.max_tokens >= 20  # "The sentiment of the review is positive." fits
+    # A task without chat limits answers under chat as under raw.
+    hops = get_task("zoo-hops", prompt_format="chat")
+    assert (hops.max_tokens, hops.stop) == (type(hops).max_tokens, type(hops).stop)
+
+
+def test_fingerprint_changes_with_the_format_limits() -> None:
+    assert _Tiny().fingerprint() != _Tiny(prompt_format="chat").fingerprint()
+
+    class Longer(_Tiny):
+        max_tokens = 6
+
+    class Stops(_Tiny):
+        stop = ("\n", "Question:")
+
+    assert len({_Tiny().fingerprint(), Longer().fingerprint(), Stops().fingerprint()}) == 3
+
+
+def test_unknown_prompt_format_is_refused() -> None:
+    with pytest.raises(BenchError, match="unknown prompt format 'chatml'; valid: raw, chat"):
+        _Tiny(prompt_format="chatml")

@@ -78,3 +78,19 @@ def test_render_has_instruction_and_demos(task: Task, splits: dict[str, list[Exa
         assert f"Q: {demo.input}\nA: {demo.rationale}\n\n" in prompt
     assert prompt.endswith(f"Q: {splits['test'][0].input}\nA:")
     assert len(set(task.instructions)) == len(task.instructions) >= 4
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> str:
+    """``text`` as an API returns it with ``stops``: up to the earliest stop, excluded."""
+    ends = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(ends)] if ends else text
+
+
+@pytest.mark.parametrize("prompt_format", ["raw", "chat"])
+def test_stops_catch_an_invented_next_question(prompt_format: str) -> None:
+    # The model answers, then invents the next question as "Question:" (not "Q:") and answers
+    # that too: the stops must end the answer before it.
+    task = get_task("strategyqa", prompt_format=prompt_format)
+    ex = Example("q", "Is water wet?", "yes")
+    rambling = "Water is a liquid.\n#### yes\n\nQuestion: Can fish fly?\nFish swim.\n#### no"
+    assert task.extract(_cut(rambling, task.stop), ex) == "yes"
