@@ -14,7 +14,7 @@ from typing import Any
 
 
 @functools.lru_cache(maxsize=64)
-def _cache_argument(model_class: type) -> str:
+def _cache_argument(model_class: Any) -> str:
     parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
