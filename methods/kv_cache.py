@@ -23,7 +23,8 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """``{name: cache}`` under the name ``model.forward`` takes (nothing for no cache yet)."""
     if cache is None:
         return {}
-    return {_cache_argument(type(model)): cache}
+    model_class: Any = type(model)
+    return {_cache_argument(model_class): cache}
 
 
 def cache_of(output: Any) -> Any:
