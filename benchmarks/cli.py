@@ -639,7 +639,10 @@ def run_config_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     proposer = None
     if v.get("proposer"):
         p_backend, _, p_model = str(v["proposer"]).rpartition(":")
-        p_options = dict(options)
+        # How the task model is prompted (format, system prompt, API flavour, capabilities)
+        # is not the proposer's: it takes its own backend's defaults.
+        task_only = ("prompt_format", "system_prompt", "api", "capabilities")
+        p_options = {k: val for k, val in options.items() if k not in task_only}
         if v.get("proposer_base_url"):
             p_options["base_url"] = v["proposer_base_url"]
         proposer = BackendSpec(p_backend or backend_name, p_model, p_options)

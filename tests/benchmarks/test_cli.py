@@ -71,6 +71,20 @@ def test_prompt_format_and_system_prompt_reach_the_backend_options(tmp_path: Pat
     assert "prompt_format" not in config.backend.options
 
 
+def test_the_proposer_keeps_its_own_prompt_format() -> None:
+    """How the task model is prompted is not the proposer's: an API proposer beside a local
+    raw black box keeps its chat default (inheriting raw would send it to completions)."""
+    from benchmarks.cli import build_parser, run_config_from_args
+
+    argv = ["run", "--backend", "hf", "--model", "m", "--prompt-format", "raw", "--system-prompt"]
+    argv += ["Be brief.", "--proposer", "openai:gpt-4o-mini", "--request-timeout", "9"]
+    config, _ = run_config_from_args(build_parser().parse_args(argv))
+    assert config.proposer is not None and config.proposer.name == "openai"
+    assert "prompt_format" not in config.proposer.options
+    assert "system_prompt" not in config.proposer.options
+    assert config.proposer.options["timeout_s"] == 9.0  # operational options still shared
+
+
 def test_contradicting_api_and_prompt_format_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
