@@ -185,6 +185,13 @@ def _did_you_mean(name: str) -> str:
     return f"; known: {', '.join(sorted(known))}"
 
 
+def default_prompt_format(model: str) -> str | None:
+    """The measured default prompt format of a named model (by name or by its directory's
+    name), or None for a model the registry does not know."""
+    spec = MODELS.get(Path(model).name)
+    return spec.prompt_format if spec is not None else None
+
+
 def model_path(name: str) -> Path:
     """Where ``name`` lives once pulled or built (it may not exist yet)."""
     return models_dir() / get_spec(name).name

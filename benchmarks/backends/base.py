@@ -109,8 +109,11 @@ class Backend(ABC):
     system_prompt: str | None = None
 
     def default_prompt_format(self) -> str:
-        """The prompt format when none is given (the one place that decides it)."""
-        return "raw"
+        """The prompt format when none is given (the one place that decides it): a named
+        real model's measured default (`benchmarks.models`), else raw."""
+        from benchmarks.models import default_prompt_format
+
+        return default_prompt_format(self.model) or "raw"
 
     def resolve_prompt_format(self, prompt_format: str | None, system_prompt: str | None) -> None:
         """Set `prompt_format` (``None``: `default_prompt_format`) and `system_prompt`.

@@ -297,6 +297,7 @@ class OpenAIBackend(Backend):
                 f"{self.name or 'openai'} backend: --api {api} contradicts --prompt-format "
                 f"{prompt_format} (chat is the chat API, raw the completions API); give one"
             )
+        self.model = model  # the default format may depend on the model
         self.resolve_prompt_format(
             prompt_format or (_API_FORMAT[api] if api else None), system_prompt
         )
@@ -439,7 +440,11 @@ class OpenAIBackend(Backend):
             self._client = None
 
     def default_prompt_format(self) -> str:
-        return "chat"  # what a hosted instruct model is served for
+        from benchmarks.models import default_prompt_format
+
+        # A named model served by `bench serve` keeps its measured default; any other hosted
+        # model is an instruct model served for chat.
+        return default_prompt_format(self.model) or "chat"
 
     def identity(self) -> dict[str, Any]:
         # The API flavour changes the prompt the model sees (chat template), so it is part of

@@ -70,7 +70,10 @@ class ZooBackend(OpenAIBackend):
         super().__init__(model=name, base_url=PLACEHOLDER_URL, api=api, **options)
 
     def default_prompt_format(self) -> str:
-        return "raw"  # the zoo is trained on plain text
+        from benchmarks.models import default_prompt_format
+
+        # the zoo is trained on plain text; a named real model keeps its measured default
+        return default_prompt_format(self.model) or "raw"
 
     def check_ready(self) -> None:
         """Ready from the model directory alone when it can be: the server's model card

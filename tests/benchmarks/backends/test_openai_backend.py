@@ -231,3 +231,14 @@ def test_prompt_format_defaults_to_chat_and_follows_api() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
     ]
+
+
+def test_a_named_model_keeps_its_measured_prompt_format() -> None:
+    """A registered real model served under its name (`bench serve --model NAME`) defaults to
+    the format measured for it (`benchmarks.models`), not the hosted-API default."""
+    from benchmarks.models import MODELS
+
+    base = next(name for name, spec in MODELS.items() if spec.prompt_format == "raw")
+    assert OpenAIBackend(base, base_url="http://127.0.0.1:9/v1").prompt_format == "raw"
+    assert OpenAIBackend(base, prompt_format="chat").prompt_format == "chat"  # given wins
+    assert OpenAIBackend("gpt-4o-mini").prompt_format == "chat"
