@@ -87,6 +87,8 @@ class RunConsole:
                 f"  {fields['cell']}: accuracy {fields['accuracy']:.3f}, "
                 f"{fields['tokens']:,} billed tokens"
             )
+            for warning in fields.get("warnings") or ():
+                self.console.print(f"  WARNING {fields['cell']}: {warning}", markup=False)
         elif event == "cell_failed":
             self.close_bar()
             self.console.print(f"  {fields['cell']}: FAILED: {fields['reason']}")

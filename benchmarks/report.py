@@ -123,6 +123,8 @@ class Row:
     compute_device: str = ""
     seed_accuracy: dict[int, float] = field(default_factory=dict)
     gain_replicates: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    """The cells' warnings (`CellRecord.warnings`), each with its seed: marked in the tables."""
 
     @property
     def ok(self) -> bool:
@@ -333,6 +335,7 @@ def _task_row(method: str, group: list[ReportCell]) -> Row:
             )
         return row
     recs = [c.record for c in ok]
+    row.warnings = [f"seed {r.seed}: {w}" for r in recs for w in r.warnings]
     mean, std = _mean_std([r.accuracy for r in recs if r.accuracy is not None])
     n = len(recs)
     by_seed: dict[int, list[float]] = defaultdict(list)
@@ -401,6 +404,7 @@ def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> list[Row]:
             out.append(row)
             continue
         row.accuracy = statistics.fmean(r.accuracy for r in ok if r.accuracy is not None)
+        row.warnings = [f"{task}, {w}" for task, r in mine.items() if r.ok for w in r.warnings]
         common = set.intersection(*(set(r.seed_accuracy) for r in ok))
         per_seed = [statistics.fmean(r.seed_accuracy[s] for r in ok) for s in sorted(common)]
         row.std = statistics.stdev(per_seed) if len(per_seed) > 1 else (0.0 if per_seed else None)
@@ -480,11 +484,16 @@ def _money(v: float | None) -> str:
     return "n/a" if v is None else f"${v:.4f}"
 
 
+#: beside an accuracy whose cells carry warnings (listed under the table).
+WARNING_MARK = "⚠"
+
+
 def format_accuracy(row: Row) -> str:
     """``mean ± std`` (std left out when unknown)."""
     if row.accuracy is None:
         return row.status
-    return f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}")
+    mark = f" {WARNING_MARK}" if row.warnings else ""
+    return f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}") + mark
 
 
 def format_gain(row: Row) -> str:
@@ -553,6 +562,10 @@ def render_markdown(report: Report) -> str:
     for section in report.sections:
         heading = "Overall" if section.overall else section.name
         lines += ["", f"## {heading}", "", *_markdown_table(section)]
+        flagged = [(row.method, w) for row in section.rows for w in row.warnings]
+        if flagged:
+            lines += ["", f"{WARNING_MARK} Warnings:", ""]
+            lines += [f"- {WARNING_MARK} `{method}` {warning}" for method, warning in flagged]
         lines += [
             "",
             f"Cost relative to `{ref}` (method ÷ {ref}; dollars when priced, tokens otherwise):",

@@ -24,7 +24,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +57,9 @@ class CellRecord(BaseModel):
     template); None in records written before the field."""
     system_prompt: str | None = None
     """The system turn before each prompt (chat only), if any."""
+    warnings: list[str] = Field(default_factory=list)
+    """What a reader must know before trusting the accuracy: e.g. the predictions are one
+    answer throughout on a test split whose targets are not (`answer_warnings`)."""
     budget: str
     """The budget preset the tuner ran with (light, medium, heavy, paper)."""
     status: CellStatus
@@ -83,6 +87,30 @@ class CellRecord(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     """git hash, package versions, python, platform."""
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+#: predictions this concentrated on one answer (unparseable included) are flagged, unless the
+#: test split's own targets are as concentrated.
+ONE_ANSWER_SHARE = 0.95
+#: fewer evaluated examples than this are too few to call a cell constant.
+ONE_ANSWER_MIN_EXAMPLES = 20
+
+
+def answer_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Warnings about a cell's prediction rows (``answer`` and ``target`` per example): one
+    answer, or no parseable answer, for 95% or more of a test split that is not so uniform."""
+    if len(rows) < ONE_ANSWER_MIN_EXAMPLES:
+        return []
+    answer, count = Counter(r.get("answer") for r in rows).most_common(1)[0]
+    share = count / len(rows)
+    target_share = Counter(r.get("target") for r in rows).most_common(1)[0][1] / len(rows)
+    if share < ONE_ANSWER_SHARE or target_share >= ONE_ANSWER_SHARE:
+        return []
+    what = "no parseable answer" if answer is None else f"the answer {answer!r}"
+    return [
+        f"one answer throughout: {what} for {count} of {len(rows)} test examples "
+        f"({share:.0%}; the most common target is {target_share:.0%})"
+    ]
 
 
 def cell_id(method: str, task: str, backend: str, model: str, seed: int) -> str:

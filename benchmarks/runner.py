@@ -58,7 +58,14 @@ from benchmarks.metering import (
     total_tokens,
     total_usd,
 )
-from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
+from benchmarks.results import (
+    CellRecord,
+    RunStore,
+    answer_warnings,
+    cell_id,
+    new_run_id,
+    provenance,
+)
 from benchmarks.tasks.base import Task, get_task
 from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
@@ -734,6 +741,7 @@ class Runner:
                 "cell": cell.cid,
                 "accuracy": record.accuracy,
                 "tokens": total_tokens(record.usage, "billed"),
+                "warnings": record.warnings,
             },
         )
         return record
@@ -838,6 +846,7 @@ def _evaluated_record(
         usage=meter.summary(),
         hyperparameters=tuner.hyperparameters(),
         variant=getattr(tuner, "variant", None),
+        warnings=answer_warnings(rows),
         wall_s=wall,
         task_hash=task.fingerprint(),
         provenance=provenance(),

@@ -420,3 +420,28 @@ def test_report_of_a_real_run(
     md = files.markdown.read_text()
     assert "| zero-shot | generate |" in md and "+0.000 [+0.000, +0.000]" in md
     _check_links(files.html)
+
+
+# -- warnings ---------------------------------------------------------------------------------------
+
+
+def test_a_constant_cell_is_flagged_in_the_tables_and_listed(tmp_path: Path) -> None:
+    """A cell whose record carries a warning (one answer throughout) is marked beside its
+    accuracy in the task and overall tables, and the warning is listed under each table."""
+    cells = []
+    for seed in (0, 1):
+        cells.append(_cell("zero-shot", "t1", seed, [1.0] * 5 + [0.0] * 5, eval_=100))
+        record, preds = _cell("majority", "t1", seed, [1.0] * 5 + [0.0] * 5, eval_=100)
+        if seed == 1:
+            record.warnings = ["one answer throughout: the answer 'a' for 10 of 10"]
+        cells.append((record, preds))
+    out = tmp_path / "reports"
+    write_report([_store(tmp_path / "run", cells)], out)
+    text = (out / "leaderboard.md").read_text(encoding="utf-8")
+    flagged = [line for line in text.splitlines() if line.startswith("| majority | generate")]
+    assert len(flagged) == 2 and all("0.500 ± 0.000 ⚠" in line for line in flagged)
+    clean = [line for line in text.splitlines() if line.startswith("| zero-shot | generate")]
+    assert clean and not any("⚠" in line for line in clean)
+    assert "- ⚠ `majority` seed 1: one answer throughout" in text
+    assert "- ⚠ `majority` t1, seed 1: one answer throughout" in text
+    assert "⚠" in (out / "index.html").read_text(encoding="utf-8")

@@ -57,3 +57,20 @@ def test_provenance_has_versions() -> None:
     prov = provenance()
     assert prov["versions"]["torch"]
     assert "python" in prov
+
+
+def test_answer_warnings_flag_one_answer_on_a_split_that_is_not_uniform() -> None:
+    from benchmarks.results import answer_warnings
+
+    def rows(answers: list[str | None], targets: list[str]) -> list[dict[str, object]]:
+        return [{"answer": a, "target": t} for a, t in zip(answers, targets, strict=True)]
+
+    mixed = ["pos", "neg"] * 20
+    (warning,) = answer_warnings(rows(["neg"] * 39 + ["pos"], mixed))
+    assert "the answer 'neg' for 39 of 40" in warning and "most common target is 50%" in warning
+    (empty,) = answer_warnings(rows([None] * 40, mixed))
+    assert "no parseable answer for 40 of 40" in empty
+    # Not flagged: varied answers; a test split that is itself one answer; too few examples.
+    assert answer_warnings(rows(["neg"] * 37 + ["pos"] * 3, mixed)) == []
+    assert answer_warnings(rows(["neg"] * 40, ["neg"] * 39 + ["pos"])) == []
+    assert answer_warnings(rows(["neg"] * 10, mixed[:10])) == []

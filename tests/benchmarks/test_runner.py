@@ -444,3 +444,20 @@ def test_prompt_format_reaches_tasks_records_and_run_json(
         runner.plan()
         assert runner.tasks["sst2"].prompt_format == "chat"
         assert runner.tasks["sst2"].max_tokens == type(runner.tasks["sst2"]).chat_max_tokens
+
+
+def test_a_cell_that_answers_nothing_parseable_is_flagged(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny random model parses to no zoo-sentiment answer on any of 24 examples: its
+    record and the console say so (the test split has both labels)."""
+    argv = ["run", "--methods", "zero-shot", "--tasks", "zoo-sentiment", "--backend", "hf"]
+    argv += ["--model", str(model_dir), "--limit", "24", "--run-id", "flat"]
+    assert main([*argv, "--results-dir", str(tmp_path / "r"), "--no-cache"]) == 0
+    (cell,) = RunStore(tmp_path / "r" / "flat").cells()
+    preds = RunStore(tmp_path / "r" / "flat").predictions(cell.cell_id)
+    assert {p["answer"] for p in preds} == {None}  # the precondition the warning is about
+    assert len({p["target"] for p in preds}) > 1
+    (warning,) = cell.warnings
+    assert warning.startswith("one answer throughout: no parseable answer for 24 of 24")
+    assert "WARNING" in capsys.readouterr().err  # the console writes to stderr
