@@ -422,7 +422,7 @@ def test_report_of_a_real_run(
     _check_links(files.html)
 
 
-# -- warnings ---------------------------------------------------------------------------------------
+# -- warnings ----------------------------------------------------------------------------------
 
 
 def test_a_constant_cell_is_flagged_in_the_tables_and_listed(tmp_path: Path) -> None:
