@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from collections.abc import Collection
 from functools import lru_cache
@@ -32,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from methods.base import AUTO_MODEL, BlackBoxTuner, CompanionRole
+from methods.bbox import MINILM
+from methods.bbox import MINILM_PACKAGE as BBOX_MINILM_PACKAGE
 from methods.registry import BenchError
 
-#: the bbox scorer for black boxes outside the zoo: the real MiniLM encoder (see methods/bbox).
-TEXT_SCORER = "minilm"
+#: the bbox scorer for black boxes outside the zoo: the real MiniLM encoder (see methods/bbox),
+#: and the package that carries it.
+TEXT_SCORER = MINILM
+MINILM_PACKAGE = BBOX_MINILM_PACKAGE
 
 
 def black_box_dir(model: str) -> Path | None:
@@ -142,6 +147,11 @@ def companion_refusal(
         if name is None:
             continue  # an optional model left out (proxy-tuning's expert is trained)
         if role == "scorer" and name == TEXT_SCORER:
+            if importlib.util.find_spec(MINILM_PACKAGE) is None:
+                return (
+                    f"the MiniLM text scorer ({tuner.name}.{field_name}={name}): pip install "
+                    f"{MINILM_PACKAGE.replace('_', '-')}"
+                )
             continue
         if role in ("scorer", "corrector"):
             if is_zoo_model(name) and not is_zoo_model(black_box_model):
