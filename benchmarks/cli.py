@@ -987,7 +987,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(error_line(exc) + "\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("bench: interrupted; finished cells are kept (continue with --resume)\n")
+        if args.command == "models":  # a pull works in a scratch folder: nothing is kept
+            sys.stderr.write("bench: interrupted; nothing was kept (pull again to start over)\n")
+        else:
+            sys.stderr.write(
+                "bench: interrupted; finished cells are kept (continue with --resume)\n"
+            )
         return 130
 
 

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 #: bump when the builder's output changes, so cached copies are rebuilt.
 TINY_VERSION = 1
@@ -87,42 +88,11 @@ def build_tiny_model(
         ``directory``.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-
-    # Byte-level BPE over printable ASCII only: decoding round-trips exactly (stop strings and
-    # echo offsets rely on it), and a random model cannot emit half a UTF-8 character or a
-    # control byte. Other characters encode as <unk>. Digits split one per token.
-    tok = Tokenizer(models.BPE(unk_token=UNK, fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    byte_chars = _byte_level_chars()
-    alphabet = [byte_chars[b] for b in (*range(32, 127), ord("\n"), ord("\t"))]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS, UNK],
-        initial_alphabet=alphabet,
-        limit_alphabet=len(alphabet),
-        show_progress=False,
-    )
-    tok.train_from_iterator(tiny_corpus(), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS,
-        bos_token=EOS,
-        pad_token=EOS,
-        unk_token=UNK,
-        clean_up_tokenization_spaces=False,
-        model_max_length=n_positions,
-    )
+    tokenizer = _tiny_tokenizer(vocab_size, n_positions)
     eos_id = int(tokenizer.convert_tokens_to_ids(EOS))  # type: ignore[arg-type]
 
     config = GPT2Config(
@@ -144,6 +114,134 @@ def build_tiny_model(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+#: SmolLM2-Instruct's chat template (ChatML with a default system turn).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_llama(
+    directory: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 400,
+    num_hidden_layers: int = 2,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    max_position_embeddings: int = 256,
+    initializer_range: float = 0.1,
+) -> Path:
+    """A tiny Llama-architecture chat model (SmolLM2's layout) built into ``directory``.
+
+    The tokenizer is `build_tiny_model`'s, plus the ChatML tokens ``<|im_start|>`` (BOS) and
+    ``<|im_end|>`` (EOS and pad) and SmolLM2's chat template; the model is a seeded random
+    `LlamaForCausalLM` with tied embeddings and grouped-query attention (fewer key/value
+    heads than query heads, as SmolLM2 has). The same seed gives the same bytes.
+
+    Returns:
+        ``directory``.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_tokenizer(
+        vocab_size,
+        max_position_embeddings,
+        extra_special=(IM_START, IM_END),
+        bos=IM_START,
+        eos=IM_END,
+        chat_template=CHATML_TEMPLATE,
+    )
+    ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in (IM_START, IM_END)}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=hidden_size // num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=ids[IM_START],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[IM_END],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _tiny_tokenizer(
+    vocab_size: int,
+    n_positions: int,
+    *,
+    extra_special: tuple[str, ...] = (),
+    bos: str = EOS,
+    eos: str = EOS,
+    chat_template: str | None = None,
+) -> Any:
+    """The tiny byte-level BPE tokenizer, trained on `tiny_corpus` (deterministic).
+
+    Byte-level BPE over printable ASCII only: decoding round-trips exactly (stop strings and
+    echo offsets rely on it), and a random model cannot emit half a UTF-8 character or a
+    control byte. Other characters encode as <unk>. Digits split one per token.
+    ``extra_special`` tokens take the ids right after EOS and UNK.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=UNK, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    byte_chars = _byte_level_chars()
+    alphabet = [byte_chars[b] for b in (*range(32, 127), ord("\n"), ord("\t"))]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, UNK, *extra_special],
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer)
+    options: dict[str, Any] = {}
+    if extra_special:
+        options["additional_special_tokens"] = list(extra_special)
+    if chat_template is not None:
+        options["chat_template"] = chat_template
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=eos,
+        bos_token=bos,
+        pad_token=eos,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+        model_max_length=n_positions,
+        **options,
+    )
 
 
 def _byte_level_chars() -> dict[int, str]:

@@ -54,3 +54,28 @@ def test_cached_dir_is_built_once(tmp_path: Path) -> None:
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no scratch left behind
     assert tiny_model_dir(tmp_path, seed=1) != first
+
+
+def test_tiny_llama_is_deterministic_with_a_chat_template(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from benchmarks.tiny import IM_END, IM_START, build_tiny_llama
+
+    a = build_tiny_llama(tmp_path / "a", seed=0)
+    b = build_tiny_llama(tmp_path / "b", seed=0)
+    c = build_tiny_llama(tmp_path / "c", seed=1)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    config = AutoConfig.from_pretrained(a)
+    assert config.model_type == "llama" and config.tie_word_embeddings
+    assert config.num_hidden_layers == 2 and config.num_key_value_heads < config.num_attention_heads
+    tokenizer = AutoTokenizer.from_pretrained(a)
+    assert (tokenizer.bos_token, tokenizer.eos_token) == (IM_START, IM_END)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12 + 7?"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text.endswith(f"{IM_START}user\nWhat is 12 + 7?{IM_END}\n{IM_START}assistant\n")
+    ids = tokenizer(text)["input_ids"]
+    assert ids.count(tokenizer.convert_tokens_to_ids(IM_START)) == 3  # whole special tokens
+    assert tokenizer.decode(ids) == text
