@@ -87,7 +87,13 @@ class BackendSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "options": dict(self.options)}
+        """The spec as recorded in run.json: a base URL without user info or query values."""
+        from benchmarks.backends.openai_backend import safe_url
+
+        options = dict(self.options)
+        if options.get("base_url"):
+            options["base_url"] = safe_url(str(options["base_url"]))
+        return {"backend": self.name, "model": self.model, "options": options}
 
 
 @dataclass
