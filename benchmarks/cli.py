@@ -716,6 +716,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise BenchError(f"no runs under {args.results_dir}; run `bench run` first")
         runs = [candidates[-1].parent]
     stores = [open_run(r) for r in runs]
+    if args.out.exists() and not args.out.is_dir():
+        raise BenchError(f"--out {args.out}: exists and is not a directory; name a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out {args.out}: cannot create ({exc.strerror or exc})") from None
     files = write_report(stores, args.out, cost_reference=args.cost_reference)
     print(f"wrote {files.markdown}")
     print(f"wrote {files.html}")

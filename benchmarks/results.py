@@ -85,6 +85,29 @@ def cell_id(method: str, task: str, backend: str, model: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", raw)
 
 
+#: a run id is one file name: letters, digits, ``.``, ``_``, ``-``, not starting with a dot
+#: (so never ``.`` or ``..``), short enough that ``cells/<id>...`` stays a valid path.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_ID_CHARS = 128
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse a run id that is not one safe path component under ``results/``.
+
+    Raises:
+        BenchError: a separator, ``.``/``..``, another character, or over 128 characters.
+    """
+    if len(run_id) > MAX_RUN_ID_CHARS:
+        raise BenchError(
+            f"--run-id {run_id[:40]!r}...: at most {MAX_RUN_ID_CHARS} characters, got {len(run_id)}"
+        )
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise BenchError(
+            f"--run-id {run_id!r}: must be one name of letters, digits, '.', '_' and '-', "
+            "not starting with '.' (it names a folder directly under --results-dir)"
+        )
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +186,13 @@ class RunStore:
         """Hold the run for this process; another process gets a one-line error."""
         from filelock import FileLock, Timeout
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot create the run directory {self.root} ({exc.strerror or exc}); "
+                "choose a writable --results-dir"
+            ) from None
         lock = FileLock(str(self.root / LOCK_NAME))
         try:
             lock.acquire(timeout=0)

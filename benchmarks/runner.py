@@ -26,6 +26,7 @@ import functools
 import math
 import shutil
 import statistics
+import tempfile
 import time
 import traceback
 import types
@@ -52,7 +53,14 @@ from benchmarks.metering import (
     total_tokens,
     total_usd,
 )
-from benchmarks.results import CellRecord, RunStore, cell_id, new_run_id, provenance
+from benchmarks.results import (
+    CellRecord,
+    RunStore,
+    cell_id,
+    check_run_id,
+    new_run_id,
+    provenance,
+)
 from benchmarks.tasks.base import Task, get_task
 from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
@@ -389,6 +397,8 @@ class Runner:
 
     def _open_store(self) -> RunStore:
         cfg = self.config
+        if cfg.run_id is not None:
+            check_run_id(cfg.run_id)
         if cfg.resume:
             run_id = cfg.run_id or _latest_run(cfg.results_dir)
             store = RunStore(cfg.results_dir / run_id)
@@ -400,6 +410,7 @@ class Runner:
                     "resume with the same flags or start a new run"
                 )
             return store
+        _check_writable(cfg.results_dir)
         run_id = cfg.run_id or new_run_id()
         store = RunStore(cfg.results_dir / run_id)
         if store.exists():
@@ -791,6 +802,23 @@ def _rows(
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _check_writable(results_dir: Path) -> None:
+    """Refuse, while planning, a results folder that cannot be written: a folder made and
+    removed again in its nearest existing ancestor shows it, leaving nothing behind."""
+    existing = results_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchError(f"--results-dir {results_dir}: {existing} is not a directory")
+    try:
+        Path(tempfile.mkdtemp(prefix=".bench-probe-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise BenchError(
+            f"--results-dir {results_dir}: cannot write there ({exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from None
 
 
 def _latest_run(results_dir: Path) -> str:
