@@ -29,7 +29,7 @@ class EvalMemo:
     """Evaluated batches under ``cache_root/eval/``, one JSON file each (`ResponseCache`)."""
 
     def __init__(self, cache_root: Path, *, enabled: bool = True):
-        self.store = ResponseCache(Path(cache_root) / EVAL_DIR, enabled=enabled)
+        self.store = ResponseCache(Path(cache_root) / EVAL_DIR, enabled=enabled, marker=False)
 
     @property
     def enabled(self) -> bool:

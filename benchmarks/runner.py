@@ -502,6 +502,9 @@ class Runner:
                     "choose another --run-id"
                 )
             store.remove_temporary_files()
+            # The marker first: training outcomes and evaluated batches may come before any
+            # answer, and `bench cache clear` deletes nothing in an unmarked folder.
+            self.cache.mark()
             if not store.exists():
                 store.write_spec(
                     {
