@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from methods.registry import BenchError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("BENCH_CACHE_DIR", ".bench-cache"))
 #: bump when the entry format changes; old entries are then simply not found.
@@ -72,6 +75,7 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
         self._marked = not marker
+        self._warned = False
 
     def mark(self) -> None:
         """Create the root with its marker (once per instance), so `clear` knows the folder."""
@@ -99,8 +103,28 @@ class ResponseCache:
             # A damaged entry is a miss; the next put replaces it.
             self.misses += 1
             return None
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(value, dict):
+            self.hits += 1  # `reject` moves it to the misses
+            self.reject(key, 'not a {"value": {...}} object')
+            return None
         self.hits += 1
-        return entry.get("value") if isinstance(entry, dict) else None
+        return value
+
+    def reject(self, key: str, why: str) -> None:
+        """Count the entry just read under ``key`` as a miss (its value has the wrong shape:
+        the caller asks again and its put replaces it), warning once per cache."""
+        self.hits -= 1
+        self.misses += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "cache entry %s has the wrong shape (%s): treated as a miss and replaced; "
+                "further bad entries under %s are treated the same, silently",
+                self._path(key),
+                why,
+                self.root,
+            )
 
     def put(
         self,
