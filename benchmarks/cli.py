@@ -13,6 +13,7 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -903,8 +904,24 @@ def error_line(exc: BaseException | str) -> str:
     return f"bench: error: {text}"
 
 
+class _StderrWarnings(logging.Handler):
+    """``bench: warning: ...`` lines on the current stderr for the package's warnings (a
+    damaged cache entry or cell record), which are said and then worked around."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(error_line(record.getMessage()).replace(": error: ", ": warning: ", 1))
+        sys.stderr.write("\n")
+
+
+def _show_warnings() -> None:
+    package = logging.getLogger("benchmarks")
+    if not any(isinstance(h, _StderrWarnings) for h in package.handlers):
+        package.addHandler(_StderrWarnings(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     from benchmarks.errors import BackendUnavailable
 
     try:
