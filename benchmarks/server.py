@@ -38,6 +38,7 @@ import contextvars
 import hmac
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -875,7 +876,9 @@ def start_server(
     if not is_loopback(host) and not api_key:
         raise BenchError(f"refusing to serve on non-loopback host {host!r} without an api key")
     model_dir = check_model_dir(model_dir)  # fail here, not after the child's slow imports
-    workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    _remove_leftovers()
+    # The owner's pid in the name lets a later start tell a dead run's folder from a live one.
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
     port_file = workdir / "port"
     log_path = workdir / "server.log"
     command = [
@@ -926,6 +929,39 @@ def start_server(
     tail = handle.log_tail()
     handle.stop()
     raise BenchError(f"model server did not become ready within {timeout_s:.0f} s:\n{tail}")
+
+
+WORKDIR_PREFIX = "bench-server-"
+_WORKDIR_NAME = re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+
+
+def _remove_leftovers() -> list[Path]:
+    """Delete the work folders (``bench-server-<pid>-*`` in the temp directory) of runs that
+    were killed before they could: only this user's, and only when process ``<pid>`` is
+    gone (a folder whose name carries no pid, made by an older version, is left alone)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        match = _WORKDIR_NAME.fullmatch(folder.name)
+        try:
+            if not match or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if _process_exists(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid we can judge): keep the folder
+    return True
 
 
 def _watch_parent() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -340,3 +341,26 @@ def test_start_failures_are_reported(
         port = taken.getsockname()[1]
         with pytest.raises(BenchError, match=r"exited with code 2(.|\n)*cannot bind"):
             start_server(tiny_model_dir(), model_name=MODEL, port=port, timeout_s=30)
+
+
+def test_leftovers_of_dead_runs_are_cleared_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"bench-server-{dead_pid}-abc123"
+    live = tmp_path / f"bench-server-{os.getpid()}-def456"
+    unknown = tmp_path / "bench-server-q1w2e3r4"  # no owner in its name: not ours to judge
+    for folder in (dead, live, unknown):
+        folder.mkdir()
+        (folder / "server.log").write_text("old")
+    with start_server(tiny_model_dir(), model_name=MODEL) as handle:
+        assert handle._workdir.parent == tmp_path
+        assert handle._workdir.name.startswith(f"bench-server-{os.getpid()}-")
+    assert not dead.exists() and live.is_dir() and unknown.is_dir()
