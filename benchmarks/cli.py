@@ -90,6 +90,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0-65535, got {text!r}")
+    return port
+
+
 def _assignment(text: str) -> tuple[str, str, Any]:
     """``name.key=value`` -> (name, key, typed value)."""
     head, sep, raw = text.partition("=")
@@ -328,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a local model over an OpenAI-compatible API")
     serve.add_argument("--model", required=True, help="zoo model name or a model directory")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000, help="0 picks a free one")
     serve.add_argument(
         "--grey-box",
         action="store_true",

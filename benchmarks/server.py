@@ -59,6 +59,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from benchmarks.cli import port_number
 from benchmarks.faults import FaultInjector, FaultSpec, add_fault_arguments, fault_spec
 from methods.base import GENERATE, LOGPROBS, NEXT_TOKEN_LOGITS, PROMPT_EMBEDS, SCORE
 from methods.registry import BenchError
@@ -986,16 +987,24 @@ def _set_threads(engine: HFEngine, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.server``: serve a local model directory."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m benchmarks.server",
         description=f"OpenAI-compatible server over a local model. API key: ${API_KEY_ENV}.",
     )
     parser.add_argument("--model-dir", required=True, type=Path, help="local model directory")
     parser.add_argument("--model-name", help="model id to answer to (default: directory name)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once bound")
     parser.add_argument("--grey-box", action="store_true", help="serve /v1/bench endpoints")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")

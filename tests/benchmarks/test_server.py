@@ -364,3 +364,18 @@ def test_leftovers_of_dead_runs_are_cleared_at_the_next_start(
         assert handle._workdir.parent == tmp_path
         assert handle._workdir.name.startswith(f"bench-server-{os.getpid()}-")
     assert not dead.exists() and live.is_dir() and unknown.is_dir()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_bad_port_is_one_line_exit_2(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import main as bench_main
+
+    for run in (
+        lambda: bench_main(["serve", "--model", str(tiny_model_dir()), "--port", port]),
+        lambda: main(["--model-dir", str(tiny_model_dir()), "--port", port]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "0-65535" in err[0] and port in err[0], err
