@@ -72,6 +72,16 @@ MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_PROMPTS = 1024
 MAX_BODY_BYTES = 16 * 2**20  # a request body larger than this is refused unread (413)
+#: the most token positions one generation request may hold: the sum over its prompts of
+#: (prompt tokens + max_tokens) x the rows decoded (n when sampling; 1 when greedy, whose
+#: samples are copies). 1,024 full 256-token windows: a generous batch for the zoo, and a
+#: bound on how long one request keeps the single engine worker from the others.
+MAX_REQUEST_TOKENS = 2**18
+#: a prompt of more characters than this many times the longest token (in bytes, over the
+#: vocabulary) cannot fit the window: refused before it is tokenized (tokenizing megabytes
+#: blocks the event loop for seconds). The factor 2 is slack for tokenizers that are not
+#: byte-level.
+PROMPT_CHARS_SLACK = 2
 #: the longest a batch waits for requests still being read: bounds the latency a slow
 #: client's request can add to the others' (a decode step of a small model takes ~5 ms).
 BATCH_WINDOW_S = 0.05
@@ -115,8 +125,28 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    body = {"error": {"message": _printable(message), "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped, so an error quoting a bad input still encodes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuse text that is not Unicode (a lone surrogate: valid JSON, ``"\\ud800"``, that no
+    tokenizer takes) with a 400 naming ``param``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400,
+            f"{param} holds a lone surrogate ({_printable(text[exc.start : exc.end])} at "
+            f"character {exc.start}); text must be valid Unicode (\\ud800-\\udfff escapes "
+            "only in pairs)",
+            param=param,
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,7 +364,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
+        code = {404: "not_found", 413: "request_too_large"}.get(exc.status_code)
         return error_response(exc.status_code, str(exc.detail), code=code)
 
     @app.exception_handler(Exception)
@@ -375,6 +405,22 @@ def create_app(
         check_model(name)
         return model_card()
 
+    longest_token: list[int] = []  # bytes of the longest token, measured on first use
+
+    def fits_window(prompt: str, max_tokens: int) -> None:
+        """Refuse, untokenized, a prompt too long to fit the window whatever its tokens."""
+        if not longest_token:
+            longest_token.append(max(len(t.encode("utf-8")) for t in engine.vocabulary()))
+        if len(prompt) > engine.context_length * longest_token[0] * PROMPT_CHARS_SLACK:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {engine.context_length} tokens; a "
+                f"prompt of {len(prompt):,} characters cannot fit it (requested "
+                f"{max_tokens} tokens for the completion).",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
     async def generate(
         prompts: list[Prompt], params: dict[str, Any], max_tokens: int
     ) -> list[Generation]:
@@ -402,8 +448,12 @@ def create_app(
         top_k = body.logprobs
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
+        for prompt in prompts:
+            _check_text(prompt, "prompt")
+            fits_window(prompt, max_tokens)
         encoded = [engine.encode(p) for p in prompts]
         _check_lengths(engine, encoded, max_tokens)
+        _check_work(encoded, body.n, params["temperature"], max_tokens)
         # Token ids from here on: the engine would otherwise tokenize each prompt again.
         gens = await generate(list(encoded), {**params, "logprobs": top_k}, max_tokens)
         echoed: list[ScoredTokens | None] = [None] * len(prompts)
@@ -452,7 +502,11 @@ def create_app(
             raise APIError(400, "messages must not be empty", param="messages")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+        for message in body.messages:
+            _check_text(_content_text(message.content), "messages")
         prompt = chat_prompt(engine, body.messages)
+        if isinstance(prompt, str):
+            fits_window(prompt, 0)
         ids = engine.encode(prompt)
         max_tokens = (
             body.max_completion_tokens
@@ -466,6 +520,7 @@ def create_app(
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
         _check_lengths(engine, [ids], max_tokens)
+        _check_work([ids], body.n, params["temperature"], max_tokens)
         gens = await generate([ids], {**params, "logprobs": top_k}, max_tokens)
         choices = [
             {
@@ -564,12 +619,38 @@ class _Gate:
         self.expected_auth = expected_auth
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            refusal = self.refusal(dict(scope["headers"]))
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(dict(scope["headers"]))
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        # Content-Length may be absent (chunked) or lie: the limit is also kept while reading.
+        read = 0
+        started = False
+
+        async def bounded_receive() -> Any:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > MAX_BODY_BYTES:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, tracked_send)
+        except _BodyTooLarge:
+            # Raised where FastAPI does not answer it (a middleware reading the body, such as
+            # the fault injector); inside a route it is answered by the HTTP error handler.
+            if not started:
+                await _too_large()(scope, receive, send)
 
     def refusal(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
         if self.expected_auth is not None:
@@ -585,10 +666,22 @@ class _Gate:
                 return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error_response(
-                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
-            )
+            return _too_large()
         return None
+
+
+def _too_large() -> JSONResponse:
+    return error_response(
+        413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
+    )
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised by `_Gate`'s receive once a body passes `MAX_BODY_BYTES`: an HTTP exception, so
+    FastAPI's body reading passes it on to the handler instead of calling it a parse error."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
 class _Arrivals:
@@ -666,7 +759,26 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4:
         raise APIError(400, "at most 4 stop sequences", param="stop")
+    for text in stops:
+        _check_text(text, "stop")
     return tuple(stops)
+
+
+def _check_work(
+    encoded: Sequence[Sequence[int]], n: int, temperature: float, max_tokens: int
+) -> None:
+    """Refuse a request holding more than `MAX_REQUEST_TOKENS` token positions."""
+    rows = 1 if temperature == 0 else n
+    work = sum(len(ids) + max_tokens for ids in encoded) * rows
+    if work > MAX_REQUEST_TOKENS:
+        raise APIError(
+            400,
+            f"this request holds {work:,} token positions ((prompt tokens + max_tokens) x n "
+            f"over {len(encoded)} prompts); the bound per request is {MAX_REQUEST_TOKENS:,}: "
+            "send fewer prompts, a smaller n or a smaller max_tokens per request",
+            param="n",
+            code="request_too_large",
+        )
 
 
 def _check_lengths(engine: HFEngine, encoded: list[list[int]], max_tokens: int) -> None:

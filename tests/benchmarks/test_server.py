@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from benchmarks.engine import HFEngine
+from benchmarks.faults import FaultSpec
 from benchmarks.server import API_KEY_ENV, ServerHandle, create_app, main, start_server
 from benchmarks.tiny import tiny_model_dir, torch_threads
 from methods.registry import BenchError
@@ -379,3 +380,114 @@ def test_a_bad_port_is_one_line_exit_2(port: str, capsys: pytest.CaptureFixture[
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "0-65535" in err[0] and port in err[0], err
+
+
+# -- hostile requests ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local(engine: HFEngine) -> Iterator[TestClient]:
+    """The app in process (no key), for requests a real client would never send."""
+    with TestClient(create_app(engine, model_name=MODEL)) as session:
+        yield session
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"model": "tiny", "prompt": "\\ud800 x"}', "prompt"),
+        ('{"model": "tiny", "prompt": ["ok", "x \\udfff"]}', "prompt"),
+        ('{"model": "tiny", "prompt": "ok", "stop": ["\\ud800"]}', "stop"),
+        ('{"model": "tiny\\ud800", "prompt": "ok"}', "model"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_naming_the_field(
+    local: TestClient, body: str, param: str
+) -> None:
+    reply = local.post(
+        "/v1/completions", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert reply.status_code in (400, 404), reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and param in error["message"], error
+    chat = '{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    reply = local.post(
+        "/v1/chat/completions", content=chat.encode(), headers={"content-type": "application/json"}
+    )
+    assert assert_error(reply, 400)["param"] == "messages"
+
+
+def _asgi_post(app: Any, path: str, chunks: Iterator[bytes]) -> tuple[int, bytes, int]:
+    """POST a chunked body (no Content-Length) straight through ASGI; returns the status, the
+    body of the answer and how many chunks the app read."""
+    import asyncio
+
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        chunk = next(chunks, None)
+        if chunk is None:
+            await asyncio.sleep(3600)  # never: the body has ended
+        read += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                     (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+
+    async def main() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 60)
+
+    asyncio.run(main())
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, read
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_reading(engine: HFEngine) -> None:
+    from benchmarks.server import MAX_BODY_BYTES
+
+    megabyte = b'{"model": "tiny", "prompt": "' + b"x" * (2**20 - 29)
+    chunks = iter([megabyte, *([b"x" * 2**20] * 19)])  # 20 MB, never finished
+    for faults in (None, FaultSpec(rate=0.0)):
+        app = create_app(engine, model_name=MODEL, faults=faults)
+        status, body, read = _asgi_post(app, "/v1/completions", iter(list(chunks)))
+        assert status == 413, body
+        assert read <= MAX_BODY_BYTES // 2**20 + 1  # stopped at the limit, not at the end
+        assert b"request_too_large" in body
+        chunks = iter([megabyte, *([b"x" * 2**20] * 19)])
+
+
+def test_the_work_one_request_can_hold_is_bounded(
+    local: TestClient, engine: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    longest = 0
+    encode = engine.encode
+
+    def measured(prompt: Any) -> list[int]:
+        nonlocal longest
+        longest = max(longest, len(prompt))
+        return encode(prompt)
+
+    monkeypatch.setattr(engine, "encode", measured)
+    # 15 MB of text that cannot fit the window: refused before it is tokenized.
+    huge = {"model": MODEL, "prompt": "word " * 3_000_000, "max_tokens": 1}
+    error = assert_error(local.post("/v1/completions", json=huge), 400, "context_length_exceeded")
+    assert longest < 100_000 and "prompt" in error["message"]
+    from benchmarks.server import MAX_REQUEST_TOKENS
+
+    many = {"model": MODEL, "prompt": ["word " * 20] * 1000, "n": 128, "max_tokens": 100}
+    error = assert_error(local.post("/v1/completions", json=many), 400)
+    assert f"{MAX_REQUEST_TOKENS:,}" in error["message"] and error["param"] == "n"
+    # Within the bound it answers (greedy samples are decoded once, so n costs nothing).
+    fine = {**many, "prompt": ["word"] * 16, "n": 4, "max_tokens": 2, "temperature": 0}
+    assert local.post("/v1/completions", json=fine).status_code == 200
