@@ -216,6 +216,12 @@ class _Job:
     items: list[Any]
     run: Callable[[list[Any]], list[Any]]
     future: asyncio.Future[list[Any]]
+    #: set once the client that asked for this job has gone (`_Arrivals`); None: never known.
+    gone: asyncio.Event | None = None
+
+    def abandoned(self) -> bool:
+        """Whether nobody waits for the answer (read from the engine's thread too)."""
+        return self.gone is not None and self.gone.is_set()
 
 
 @dataclass
@@ -229,6 +235,19 @@ class _Arrival:
 _ARRIVAL: contextvars.ContextVar[_Arrival | None] = contextvars.ContextVar(
     "bench_arrival", default=None
 )
+#: set when the client of the request being handled disconnects (by `_Arrivals`).
+_CLIENT_GONE: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "bench_client_gone", default=None
+)
+#: in the engine's thread: whether every request of the running batch has been abandoned
+#: (the engine then stops between decoding steps).
+_BATCH_ABANDONED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "bench_batch_abandoned", default=None
+)
+
+
+class ClientGone(Exception):
+    """The job was dropped (or stopped) because its client disconnected."""
 
 
 class MicroBatcher:
@@ -273,10 +292,14 @@ class MicroBatcher:
             self._loop, self._queue = loop, asyncio.Queue()
             self._worker = loop.create_task(self._work())
         assert self._queue is not None
-        job = _Job(key, items, run, loop.create_future())
+        job = _Job(key, items, run, loop.create_future(), _CLIENT_GONE.get())
         self._arrived(_ARRIVAL.get())
         self._queue.put_nowait(job)
-        return await job.future
+        try:
+            return await job.future
+        except ClientGone:
+            # Nobody reads the answer; 499 (nginx's "client closed request") for the record.
+            raise APIError(499, "the client closed the request", code="client_closed") from None
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -294,20 +317,35 @@ class MicroBatcher:
             for job in jobs:
                 groups.setdefault(job.key, []).append(job)
             for group in groups.values():
-                live = [j for j in group if not j.future.done()]
+                live = []
+                for job in group:
+                    if job.future.done():
+                        continue
+                    if job.abandoned():  # its client left while it waited: never run
+                        job.future.set_exception(ClientGone())
+                    else:
+                        live.append(job)
                 if live:
                     await self._run_group(live)
 
     @staticmethod
     async def _run_group(jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
+        token = _BATCH_ABANDONED.set(lambda: all(job.abandoned() for job in jobs))
         try:
+            # to_thread copies the context: the engine's thread sees `_BATCH_ABANDONED`.
             results = await asyncio.to_thread(jobs[0].run, items)
         except Exception as exc:
+            from benchmarks.engine import GenerationCancelled  # loaded: the engine just ran
+
+            if isinstance(exc, GenerationCancelled):
+                exc = ClientGone()
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        finally:
+            _BATCH_ABANDONED.reset(token)
         start = 0
         for job in jobs:
             if not job.future.done():
@@ -427,7 +465,8 @@ def create_app(
         key = ("generate", max_tokens, *sorted((k, _hashable(v)) for k, v in params.items()))
 
         def run(batch: list[Prompt]) -> list[Generation]:
-            return engine.generate(batch, max_tokens=max_tokens, **params)
+            abandoned = _BATCH_ABANDONED.get()
+            return engine.generate(batch, max_tokens=max_tokens, should_stop=abandoned, **params)
 
         try:
             return await batcher.submit(key, prompts, run)
@@ -694,8 +733,31 @@ class _Arrivals:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            with self.batcher.arrival():
-                await self.app(scope, receive, send)
+            gone = asyncio.Event()
+            token = _CLIENT_GONE.set(gone)
+            watcher: list[asyncio.Task[None]] = []
+
+            async def watch() -> None:
+                # After the body nothing else reads `receive`: its next message is the
+                # disconnect (or, once the answer is sent, the end of the exchange).
+                if (await receive())["type"] == "http.disconnect":
+                    gone.set()
+
+            async def receive_then_watch() -> Any:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                elif not message.get("more_body", False) and not watcher:
+                    watcher.append(asyncio.get_running_loop().create_task(watch()))
+                return message
+
+            try:
+                with self.batcher.arrival():
+                    await self.app(scope, receive_then_watch, send)
+            finally:
+                _CLIENT_GONE.reset(token)
+                for task in watcher:
+                    task.cancel()
         else:
             await self.app(scope, receive, send)
 

@@ -491,3 +491,95 @@ def test_the_work_one_request_can_hold_is_bounded(
     # Within the bound it answers (greedy samples are decoded once, so n costs nothing).
     fine = {**many, "prompt": ["word"] * 16, "n": 4, "max_tokens": 2, "temperature": 0}
     assert local.post("/v1/completions", json=fine).status_code == 200
+
+
+def _asgi_call(
+    app: Any, body: dict[str, Any], gone: Any = None, path: str = "/v1/completions"
+) -> Any:
+    """One POST through ASGI whose client goes away when the event ``gone`` is set (never,
+    when None); a coroutine giving the status it was answered (None: no answer)."""
+    import asyncio
+    import json as json_module
+
+    payload = json_module.dumps(body).encode()
+    delivered = False
+    answer: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await (gone.wait() if gone is not None else asyncio.sleep(3600))
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+
+    async def call() -> int | None:
+        await asyncio.wait_for(app(scope, receive, send), 60)
+        return answer[0] if answer else None
+
+    return call()
+
+
+def test_a_request_whose_client_left_is_dropped_before_it_runs(
+    engine: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    calls: list[list[Any]] = []
+    release = threading.Event()
+    generate = engine.generate
+
+    def held(prompts: list[Any], **options: Any) -> Any:
+        calls.append(list(prompts))
+        if len(calls) == 1:
+            release.wait(30)  # the first request keeps the engine busy
+        return generate(prompts, **options)
+
+    monkeypatch.setattr(engine, "generate", held)
+    app = create_app(engine, model_name=MODEL)
+    body = {"model": MODEL, "prompt": "yes", "max_tokens": 3, "temperature": 0}
+
+    async def scenario() -> tuple[int | None, int | None]:
+        first = asyncio.ensure_future(_asgi_call(app, body))
+        for _ in range(500):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        gone = asyncio.Event()
+        second = asyncio.ensure_future(_asgi_call(app, {**body, "prompt": "no"}, gone))
+        await asyncio.sleep(0.2)  # queued behind the first
+        gone.set()  # its client goes away
+        await asyncio.sleep(0.1)
+        release.set()
+        return await first, await second
+
+    first, second = asyncio.run(scenario())
+    assert first == 200 and second == 499
+    assert len(calls) == 1, calls  # the second request never reached the engine
+
+
+def test_a_long_generation_stops_when_told(engine: HFEngine) -> None:
+    from benchmarks.engine import GenerationCancelled
+
+    steps = 0
+
+    def stop() -> bool:
+        nonlocal steps
+        steps += 1
+        return steps > 3
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(["yes"] * 100, n=2, temperature=1.0, max_tokens=50, should_stop=stop)
+    assert steps == 4  # noticed between decoding steps, not after the 200 rows
