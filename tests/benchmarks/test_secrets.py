@@ -254,7 +254,7 @@ def test_safe_url_never_raises_and_strips_secrets() -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("http://user:pw@127.0.0.1:99999999/v1", "PORT in 1-65535"),
+        ("http://user:pw@127.0.0.1:99999999/v1", "PORT in 0-65535"),
         ("ftp://127.0.0.1:8000/v1", "http or https"),
         ("127.0.0.1:8000/v1", "http or https"),
         ("http:///v1", "host"),
