@@ -234,6 +234,11 @@ class RunStore:
                 f"run {self.run_id!r} is being run by another bench process; wait for it or "
                 "choose another --run-id"
             ) from None
+        except OSError as exc:  # a read-only results folder
+            raise BenchError(
+                f"cannot lock the run directory {self.root} ({exc.strerror or exc}); "
+                "choose a writable --results-dir"
+            ) from None
         try:
             yield
         finally:

@@ -107,3 +107,17 @@ def test_damaged_records_are_skipped_by_report_and_rerun_by_resume(
     for cid in damaged:
         assert again[cid].status == "ok" and again[cid].accuracy == intact[cid].accuracy
         assert all(isinstance(p, dict) for p in store.predictions(cid))
+
+
+def test_a_run_directory_that_cannot_be_locked_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from filelock import FileLock
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")  # a read-only results folder
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    with pytest.raises(BenchError, match="cannot lock the run directory"):
+        with RunStore(tmp_path / "ro").lock():
+            pass
