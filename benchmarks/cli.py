@@ -13,6 +13,7 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -88,6 +89,17 @@ def _positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0-65535, got {text!r}")
+    return port
 
 
 def _assignment(text: str) -> tuple[str, str, Any]:
@@ -340,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", required=True, help="zoo model name or a model directory")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--no-pull", action="store_true", help=NO_PULL_HELP)
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000, help="0 picks a free one")
     serve.add_argument(
         "--grey-box",
         action="store_true",
@@ -753,6 +765,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise BenchError(f"no runs under {args.results_dir}; run `bench run` first")
         runs = [candidates[-1].parent]
     stores = [open_run(r) for r in runs]
+    if args.out.exists() and not args.out.is_dir():
+        raise BenchError(f"--out {args.out}: exists and is not a directory; name a folder")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"--out {args.out}: cannot create ({exc.strerror or exc})") from None
     files = write_report(stores, args.out, cost_reference=args.cost_reference)
     print(f"wrote {files.markdown}")
     print(f"wrote {files.html}")
@@ -969,8 +987,24 @@ def error_line(exc: BaseException | str) -> str:
     return f"bench: error: {text}"
 
 
+class _StderrWarnings(logging.Handler):
+    """``bench: warning: ...`` lines on the current stderr for the package's warnings (a
+    damaged cache entry or cell record), which are said and then worked around."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(error_line(record.getMessage()).replace(": error: ", ": warning: ", 1))
+        sys.stderr.write("\n")
+
+
+def _show_warnings() -> None:
+    package = logging.getLogger("benchmarks")
+    if not any(isinstance(h, _StderrWarnings) for h in package.handlers):
+        package.addHandler(_StderrWarnings(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_warnings()
     from benchmarks.errors import BackendUnavailable
     from benchmarks.models import NO_PULL_ENV
 

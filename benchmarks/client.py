@@ -19,6 +19,7 @@ admitted ones are metered and cached (so what was paid for is kept).
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import hashlib
 import threading
@@ -62,13 +63,52 @@ def completion_to_json(c: Completion) -> dict[str, Any]:
 
 
 def completion_from_json(d: dict[str, Any]) -> Completion:
+    """The `Completion` stored by `completion_to_json`.
+
+    Raises:
+        TypeError, KeyError: ``d`` is not of that shape (a damaged or foreign cache entry).
+    """
+    if not isinstance(d, dict) or not isinstance(d["text"], str):
+        raise TypeError("completion: expected an object with a text string")
+    finish = d.get("finish_reason", "stop")
+    tokens = _optional_list(d, "tokens", str)
+    token_logprobs = _optional_list(d, "token_logprobs", (int, float))
+    top_logprobs = _optional_list(d, "top_logprobs", (dict, type(None)))
+    if not isinstance(finish, str):
+        raise TypeError("completion: finish_reason is not a string")
     return Completion(
         text=d["text"],
-        finish_reason=d.get("finish_reason", "stop"),
-        tokens=tuple(d["tokens"]) if d.get("tokens") is not None else None,
-        token_logprobs=tuple(d["token_logprobs"]) if d.get("token_logprobs") is not None else None,
-        top_logprobs=tuple(d["top_logprobs"]) if d.get("top_logprobs") is not None else None,
+        finish_reason=finish,
+        tokens=None if tokens is None else tuple(tokens),
+        token_logprobs=None if token_logprobs is None else tuple(token_logprobs),
+        top_logprobs=None if top_logprobs is None else tuple(top_logprobs),
     )
+
+
+def _optional_list(d: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> list[Any] | None:
+    """``d[name]``: None, or a list whose items are all of ``kind`` (TypeError otherwise)."""
+    value = d.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise TypeError(f"{name}: expected a list of {kind}")
+    return value
+
+
+def _count(d: dict[str, Any], name: str) -> int:
+    """A token count of a cached value (0 when absent); TypeError unless an integer >= 0."""
+    value = d.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{name}: expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _scored_from_json(d: dict[str, Any]) -> ScoredText:
+    tokens = _optional_list(d, "tokens", str)
+    logprobs = _optional_list(d, "token_logprobs", (int, float))
+    if tokens is None or logprobs is None or len(tokens) != len(logprobs):
+        raise TypeError("score: tokens and token_logprobs must be lists of the same length")
+    return ScoredText(tuple(tokens), tuple(logprobs))
 
 
 def array_to_json(a: np.ndarray) -> dict[str, Any]:
@@ -77,7 +117,17 @@ def array_to_json(a: np.ndarray) -> dict[str, Any]:
 
 
 def array_from_json(d: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(d["data"]), dtype="<f4").reshape(d["shape"]).copy()
+    """The array stored by `array_to_json` (ValueError, TypeError or KeyError otherwise)."""
+    raw = base64.b64decode(d["data"], validate=True)
+    return np.frombuffer(raw, dtype="<f4").reshape(d["shape"]).copy()
+
+
+def _logprob_row(d: dict[str, Any]) -> np.ndarray:
+    """A cached next-token row: one vector (TypeError otherwise)."""
+    row = array_from_json(d)
+    if row.ndim != 1:
+        raise TypeError(f"next_token: expected one row, got shape {list(row.shape)}")
+    return row
 
 
 def _sample_seed(seed: int | None, first_sample: int) -> int | None:
@@ -176,6 +226,19 @@ class MeteredBlackBox:
                 f"{self.backend.name} backend ({self.model}) does not offer {capability!r}; "
                 f"it offers: {', '.join(sorted(self.capabilities))}"
             )
+
+    def _cached(self, key: str, build: Callable[[dict[str, Any]], R]) -> R | None:
+        """The cached value under ``key`` rebuilt by ``build``, or None on a miss. An entry
+        that does not rebuild (valid JSON of another shape: damaged, or written by other
+        code) is a miss too, said once by the cache, and replaced by the fresh answer."""
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        try:
+            return build(hit)
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
+            self.cache.reject(key, f"{type(exc).__name__}: {exc}")
+            return None
 
     def _prompt_bound(self, text: str) -> int:
         """At least the prompt tokens the endpoint will bill for ``text``."""
@@ -284,15 +347,22 @@ class MeteredBlackBox:
                     }
                 )
                 row_keys.append(key)
-                hit = self.cache.get(key)
+                hit = self._cached(
+                    key,
+                    lambda h: (
+                        completion_from_json(h["completion"]),
+                        _count(h, "prompt_tokens"),
+                        _count(h, "completion_tokens"),
+                    ),
+                )
                 if hit is None:
                     row.append(None)
                     missing.setdefault(i, []).append(j)
                 else:
-                    row.append(completion_from_json(hit["completion"]))
+                    row.append(hit[0])
                     hits += 1
-                    prompt_tokens = int(hit.get("prompt_tokens", 0))
-                    completion_tokens += int(hit.get("completion_tokens", 0))
+                    prompt_tokens = hit[1]
+                    completion_tokens += hit[2]
             out.append(row)
             keys.append(row_keys)
             hit_tokens.append((hits, prompt_tokens, completion_tokens))
@@ -412,13 +482,13 @@ class MeteredBlackBox:
         for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
             key = cache_key({"kind": "score", "backend": ident, "prompt": p, "continuation": c})
             keys.append(key)
-            hit = self.cache.get(key)
-            if hit is None:
+            scored = self._cached(key, lambda h: (_scored_from_json(h), _count(h, "prompt_tokens")))
+            if scored is None:
                 out.append(None)
                 pending.append(i)
             else:
-                out.append(ScoredText(tuple(hit["tokens"]), tuple(hit["token_logprobs"])))
-                self._record("score", int(hit["prompt_tokens"]), 0, cached=True)
+                out.append(scored[0])
+                self._record("score", scored[1], 0, cached=True)
         tickets, refusal = self._reserve(
             lambda: [(self._prompt_bound(prompts[i] + continuations[i]), 0) for i in pending],
             len(pending),
@@ -476,13 +546,15 @@ class MeteredBlackBox:
                 {"kind": "next_token", "backend": ident, "prompt": p, "soft": soft_hash}
             )
             keys.append(key)
-            hit = self.cache.get(key)
-            if hit is None:
+            row_hit = self._cached(
+                key, lambda h: (_logprob_row(h["logprobs"]), _count(h, "prompt_tokens"))
+            )
+            if row_hit is None:
                 rows.append(None)
                 pending.append(i)
             else:
-                rows.append(array_from_json(hit["logprobs"]))
-                self._record("next_token", int(hit["prompt_tokens"]), 0, cached=True)
+                rows.append(row_hit[0])
+                self._record("next_token", row_hit[1], 0, cached=True)
         soft_rows = 0 if soft_prompt is None else int(soft_prompt.shape[0])
         tickets, refusal = self._reserve(
             lambda: [(self._prompt_bound(prompts[i]) + soft_rows, 0) for i in pending],
@@ -532,9 +604,15 @@ class MeteredBlackBox:
         answer: free to ask, but a replay that asked the server would have to start it."""
         request = {"kind": kind, "backend": self.backend.identity()}
         key = cache_key(request)
-        hit = self.cache.get(key)
+
+        def build(h: dict[str, Any]) -> list[Any]:
+            if not isinstance(h["value"], list):
+                raise TypeError(f"{kind}: expected a list")
+            return list(h["value"])
+
+        hit = self._cached(key, build)
         if hit is not None:
-            return hit["value"]
+            return hit
         value = fetch()
         self.cache.put(key, {"value": list(value)}, request=request)
         return value

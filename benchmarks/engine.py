@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import secrets
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -285,6 +285,7 @@ class HFEngine:
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
         logprobs: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Generation]:
         """``n`` samples per prompt.
 
@@ -300,9 +301,14 @@ class HFEngine:
             seed: makes sampling reproducible; sample ``j`` depends only on the prompt, the
                 sampling parameters, ``seed`` and ``j``.
             logprobs: also return the top-``logprobs`` alternatives at each position.
+            should_stop: asked before each decoding step; True abandons the generation
+                (the server's clients that went away).
 
         Returns:
             One `Generation` per prompt, in order.
+
+        Raises:
+            GenerationCancelled: ``should_stop`` said so.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
@@ -342,6 +348,7 @@ class HFEngine:
                         stops=stops,
                         top_k=logprobs,
                         generators=generators,
+                        should_stop=should_stop,
                     )
         per_prompt = 1 if greedy else n
         results = []
@@ -361,6 +368,7 @@ class HFEngine:
         stops: tuple[str, ...],
         top_k: int | None,
         generators: list[torch.Generator] | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Sample]:
         rows = len(prompts)
         input_ids, mask = self._left_pad(prompts)
@@ -378,6 +386,8 @@ class HFEngine:
         vocab = self.vocabulary()
         step_ids, step_pos = input_ids, positions
         for _ in range(max_new):
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled("generation abandoned: its requests went away")
             out = self.model(
                 input_ids=step_ids,
                 attention_mask=mask,
@@ -684,6 +694,10 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+class GenerationCancelled(Exception):
+    """`HFEngine.generate` stopped because its ``should_stop`` said so."""
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

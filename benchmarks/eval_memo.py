@@ -13,9 +13,10 @@ replay through the response cache alone would, without running small models agai
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.cache import EVAL_DIR, ResponseCache, cache_key
 from benchmarks.metering import CallRecord, ComputeRecord, UsageMeter
@@ -29,7 +30,7 @@ class EvalMemo:
     """Evaluated batches under ``cache_root/eval/``, one JSON file each (`ResponseCache`)."""
 
     def __init__(self, cache_root: Path, *, enabled: bool = True):
-        self.store = ResponseCache(Path(cache_root) / EVAL_DIR, enabled=enabled)
+        self.store = ResponseCache(Path(cache_root) / EVAL_DIR, enabled=enabled, marker=False)
 
     @property
     def enabled(self) -> bool:
@@ -67,11 +68,25 @@ class EvalMemo:
         entry = self.store.get(key)
         if entry is None:
             return None
-        for call in entry["calls"]:
-            meter.record(CallRecord(**{**call, "cached": True, "latency_s": 0.0, "retries": 0}))
-        for block in entry["compute"]:
-            meter.credit(block["label"], block["seconds"], block["wall_s"], block["peak_mem_mb"])
-        return [Prediction(**p) for p in entry["predictions"]]
+        # Everything is rebuilt before anything is metered: an entry of the wrong shape
+        # (damaged, or written by other code) is a miss that leaves the meter as it was.
+        try:
+            calls = [
+                _typed(CallRecord, {**c, "cached": True, "latency_s": 0.0, "retries": 0})
+                for c in entry["calls"]
+            ]
+            blocks = [
+                _typed(ComputeRecord, {"phase": "", "device": "", **b}) for b in entry["compute"]
+            ]
+            predictions = [_typed(Prediction, p) for p in entry["predictions"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            self.store.reject(key, f"{type(exc).__name__}: {exc}")
+            return None
+        for call in calls:
+            meter.record(call)
+        for block in blocks:
+            meter.credit(block.label, block.seconds, block.wall_s, block.peak_mem_mb)
+        return predictions
 
     def put(
         self,
@@ -91,3 +106,22 @@ class EvalMemo:
             self.store.put(key, value, request=request, strict=True)
         except (TypeError, ValueError):
             return  # a prediction with a non-JSON extra: evaluated again next time
+
+
+T = TypeVar("T")
+
+
+def _typed(cls: type[T], data: Any) -> T:
+    """``cls(**data)`` for a dataclass, its plain fields (str, int, float, bool, optional
+    str) type-checked: TypeError when ``data`` is not of that shape."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    value = cls(**data)
+    for name, hint in typing.get_type_hints(cls).items():
+        field_value = getattr(value, name, None)
+        kinds = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}.get(hint)
+        if hint == (str | None):
+            kinds = (str, type(None))
+        if kinds and not isinstance(field_value, kinds):
+            raise TypeError(f"{cls.__name__}.{name}: expected {hint}, got {field_value!r}")
+    return value

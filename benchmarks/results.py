@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import re
@@ -34,6 +35,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from methods.registry import BenchError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 LOCK_NAME = "run.lock"
@@ -118,6 +121,29 @@ def cell_id(method: str, task: str, backend: str, model: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", raw)
 
 
+#: a run id is one file name: letters, digits, ``.``, ``_``, ``-``, not starting with a dot
+#: (so never ``.`` or ``..``), short enough that ``cells/<id>...`` stays a valid path.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_ID_CHARS = 128
+
+
+def check_run_id(run_id: str) -> None:
+    """Refuse a run id that is not one safe path component under ``results/``.
+
+    Raises:
+        BenchError: a separator, ``.``/``..``, another character, or over 128 characters.
+    """
+    if len(run_id) > MAX_RUN_ID_CHARS:
+        raise BenchError(
+            f"--run-id {run_id[:40]!r}...: at most {MAX_RUN_ID_CHARS} characters, got {len(run_id)}"
+        )
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise BenchError(
+            f"--run-id {run_id!r}: must be one name of letters, digits, '.', '_' and '-', "
+            "not starting with '.' (it names a folder directly under --results-dir)"
+        )
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +169,7 @@ class RunStore:
 
     def __init__(self, root: Path):
         self.root = root
+        self._warned: set[Path] = set()  # damaged records already reported
 
     @property
     def run_id(self) -> str:
@@ -161,10 +188,11 @@ class RunStore:
         return self.root / "cells" / f"{cid}.json"
 
     def read_cell(self, cid: str) -> CellRecord | None:
+        """The cell's record, or None when it is missing or damaged (see `cells`)."""
         path = self.cell_path(cid)
         if not path.exists():
             return None
-        return CellRecord.model_validate_json(path.read_text(encoding="utf-8"))
+        return self._intact_record(path)
 
     def write_cell(self, record: CellRecord, predictions: Iterable[dict[str, Any]] = ()) -> None:
         """Predictions first, then the record: a record on disk means its cell is complete."""
@@ -174,19 +202,47 @@ class RunStore:
         write_atomic(self.cell_path(record.cell_id), record.model_dump_json(indent=2))
 
     def cells(self) -> list[CellRecord]:
+        """The intact records. A damaged cell (a record that does not parse or validate, or
+        predictions that are not JSON objects line by line: a hand edit, a disk error) is
+        left out with a warning naming its file, once per store: reports skip it and a
+        resumed run runs it again, which rewrites both files."""
         folder = self.root / "cells"
         if not folder.is_dir():
             return []
-        return [
-            CellRecord.model_validate_json(p.read_text(encoding="utf-8"))
-            for p in sorted(folder.glob("*.json"))
-        ]
+        records = (self._intact_record(p) for p in sorted(folder.glob("*.json")))
+        return [r for r in records if r is not None]
+
+    def _intact_record(self, path: Path) -> CellRecord | None:
+        try:
+            record = CellRecord.model_validate_json(path.read_text(encoding="utf-8"))
+            if record.cell_id != path.stem:
+                raise ValueError(f"cell_id {record.cell_id!r} is not the file's name")
+            self.predictions(record.cell_id)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValidationError included
+            if path not in self._warned:
+                self._warned.add(path)
+                what = str(exc).splitlines()[0]
+                logger.warning("%s: damaged cell record, skipped (%s)", path, what)
+            return None
+        return record
 
     def predictions(self, cid: str) -> list[dict[str, Any]]:
+        """The cell's stored predictions (ValueError naming the line if one is damaged)."""
         path = self.root / "predictions" / f"{cid}.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        out = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                value = None
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: line {number} is not a JSON object")
+            out.append(value)
+        return out
 
     def artifact_dir(self, cid: str) -> Path:
         return self.root / "artifacts" / cid
@@ -196,7 +252,13 @@ class RunStore:
         """Hold the run for this process; another process gets a one-line error."""
         from filelock import FileLock, Timeout
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot create the run directory {self.root} ({exc.strerror or exc}); "
+                "choose a writable --results-dir"
+            ) from None
         lock = FileLock(str(self.root / LOCK_NAME))
         try:
             lock.acquire(timeout=0)
@@ -204,6 +266,11 @@ class RunStore:
             raise BenchError(
                 f"run {self.run_id!r} is being run by another bench process; wait for it or "
                 "choose another --run-id"
+            ) from None
+        except OSError as exc:  # a read-only results folder
+            raise BenchError(
+                f"cannot lock the run directory {self.root} ({exc.strerror or exc}); "
+                "choose a writable --results-dir"
             ) from None
         try:
             yield

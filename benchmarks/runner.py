@@ -26,6 +26,7 @@ import functools
 import math
 import shutil
 import statistics
+import tempfile
 import time
 import traceback
 import types
@@ -63,6 +64,7 @@ from benchmarks.results import (
     RunStore,
     answer_warnings,
     cell_id,
+    check_run_id,
     new_run_id,
     provenance,
 )
@@ -100,7 +102,13 @@ class BackendSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model, "options": dict(self.options)}
+        """The spec as recorded in run.json: a base URL without user info or query values."""
+        from benchmarks.backends.openai_backend import safe_url
+
+        options = dict(self.options)
+        if options.get("base_url"):
+            options["base_url"] = safe_url(str(options["base_url"]))
+        return {"backend": self.name, "model": self.model, "options": options}
 
 
 @dataclass
@@ -440,12 +448,15 @@ class Runner:
 
     def _open_store(self) -> RunStore:
         cfg = self.config
+        if cfg.run_id is not None:
+            check_run_id(cfg.run_id)
         if cfg.resume:
             run_id = cfg.run_id or _latest_run(cfg.results_dir)
             store = RunStore(cfg.results_dir / run_id)
             if not store.exists():
                 raise BenchError(f"--resume: no run {run_id!r} under {cfg.results_dir}")
             return store
+        _check_writable(cfg.results_dir)
         run_id = cfg.run_id or new_run_id()
         store = RunStore(cfg.results_dir / run_id)
         if store.exists():
@@ -569,6 +580,9 @@ class Runner:
                     "choose another --run-id"
                 )
             store.remove_temporary_files()
+            # The marker first: training outcomes and evaluated batches may come before any
+            # answer, and `bench cache clear` deletes nothing in an unmarked folder.
+            self.cache.mark()
             if not store.exists():
                 store.write_spec(
                     {
@@ -873,6 +887,23 @@ def _rows(
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _check_writable(results_dir: Path) -> None:
+    """Refuse, while planning, a results folder that cannot be written: a folder made and
+    removed again in its nearest existing ancestor shows it, leaving nothing behind."""
+    existing = results_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchError(f"--results-dir {results_dir}: {existing} is not a directory")
+    try:
+        Path(tempfile.mkdtemp(prefix=".bench-probe-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise BenchError(
+            f"--results-dir {results_dir}: cannot write there ({exc.strerror or exc}); "
+            "choose a writable folder"
+        ) from None
 
 
 def _latest_run(results_dir: Path) -> str:

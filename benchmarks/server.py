@@ -38,6 +38,7 @@ import contextvars
 import hmac
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from benchmarks.cli import port_number
 from benchmarks.faults import FaultInjector, FaultSpec, add_fault_arguments, fault_spec
 from methods.base import GENERATE, LOGPROBS, NEXT_TOKEN_LOGITS, PROMPT_EMBEDS, SCORE
 from methods.registry import BenchError
@@ -70,6 +72,16 @@ MAX_N = 128
 MAX_TOP_LOGPROBS = 20
 MAX_PROMPTS = 1024
 MAX_BODY_BYTES = 16 * 2**20  # a request body larger than this is refused unread (413)
+#: the most token positions one generation request may hold: the sum over its prompts of
+#: (prompt tokens + max_tokens) x the rows decoded (n when sampling; 1 when greedy, whose
+#: samples are copies). 1,024 full 256-token windows: a generous batch for the zoo, and a
+#: bound on how long one request keeps the single engine worker from the others.
+MAX_REQUEST_TOKENS = 2**18
+#: a prompt of more characters than this many times the longest token (in bytes, over the
+#: vocabulary) cannot fit the window: refused before it is tokenized (tokenizing megabytes
+#: blocks the event loop for seconds). The factor 2 is slack for tokenizers that are not
+#: byte-level.
+PROMPT_CHARS_SLACK = 2
 #: the longest a batch waits for requests still being read: bounds the latency a slow
 #: client's request can add to the others' (a decode step of a small model takes ~5 ms).
 BATCH_WINDOW_S = 0.05
@@ -113,8 +125,28 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+    body = {"error": {"message": _printable(message), "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped, so an error quoting a bad input still encodes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuse text that is not Unicode (a lone surrogate: valid JSON, ``"\\ud800"``, that no
+    tokenizer takes) with a 400 naming ``param``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400,
+            f"{param} holds a lone surrogate ({_printable(text[exc.start : exc.end])} at "
+            f"character {exc.start}); text must be valid Unicode (\\ud800-\\udfff escapes "
+            "only in pairs)",
+            param=param,
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +219,12 @@ class _Job:
     items: list[Any]
     run: Callable[[list[Any]], list[Any]]
     future: asyncio.Future[list[Any]]
+    #: set once the client that asked for this job has gone (`_Arrivals`); None: never known.
+    gone: asyncio.Event | None = None
+
+    def abandoned(self) -> bool:
+        """Whether nobody waits for the answer (read from the engine's thread too)."""
+        return self.gone is not None and self.gone.is_set()
 
 
 @dataclass
@@ -200,6 +238,19 @@ class _Arrival:
 _ARRIVAL: contextvars.ContextVar[_Arrival | None] = contextvars.ContextVar(
     "bench_arrival", default=None
 )
+#: set when the client of the request being handled disconnects (by `_Arrivals`).
+_CLIENT_GONE: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "bench_client_gone", default=None
+)
+#: in the engine's thread: whether every request of the running batch has been abandoned
+#: (the engine then stops between decoding steps).
+_BATCH_ABANDONED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "bench_batch_abandoned", default=None
+)
+
+
+class ClientGone(Exception):
+    """The job was dropped (or stopped) because its client disconnected."""
 
 
 class MicroBatcher:
@@ -244,10 +295,14 @@ class MicroBatcher:
             self._loop, self._queue = loop, asyncio.Queue()
             self._worker = loop.create_task(self._work())
         assert self._queue is not None
-        job = _Job(key, items, run, loop.create_future())
+        job = _Job(key, items, run, loop.create_future(), _CLIENT_GONE.get())
         self._arrived(_ARRIVAL.get())
         self._queue.put_nowait(job)
-        return await job.future
+        try:
+            return await job.future
+        except ClientGone:
+            # Nobody reads the answer; 499 (nginx's "client closed request") for the record.
+            raise APIError(499, "the client closed the request", code="client_closed") from None
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -265,20 +320,35 @@ class MicroBatcher:
             for job in jobs:
                 groups.setdefault(job.key, []).append(job)
             for group in groups.values():
-                live = [j for j in group if not j.future.done()]
+                live = []
+                for job in group:
+                    if job.future.done():
+                        continue
+                    if job.abandoned():  # its client left while it waited: never run
+                        job.future.set_exception(ClientGone())
+                    else:
+                        live.append(job)
                 if live:
                     await self._run_group(live)
 
     @staticmethod
     async def _run_group(jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
+        token = _BATCH_ABANDONED.set(lambda: all(job.abandoned() for job in jobs))
         try:
+            # to_thread copies the context: the engine's thread sees `_BATCH_ABANDONED`.
             results = await asyncio.to_thread(jobs[0].run, items)
         except Exception as exc:
+            from benchmarks.engine import GenerationCancelled  # loaded: the engine just ran
+
+            if isinstance(exc, GenerationCancelled):
+                exc = ClientGone()
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
+        finally:
+            _BATCH_ABANDONED.reset(token)
         start = 0
         for job in jobs:
             if not job.future.done():
@@ -335,7 +405,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else None
+        code = {404: "not_found", 413: "request_too_large"}.get(exc.status_code)
         return error_response(exc.status_code, str(exc.detail), code=code)
 
     @app.exception_handler(Exception)
@@ -376,13 +446,30 @@ def create_app(
         check_model(name)
         return model_card()
 
+    longest_token: list[int] = []  # bytes of the longest token, measured on first use
+
+    def fits_window(prompt: str, max_tokens: int) -> None:
+        """Refuse, untokenized, a prompt too long to fit the window whatever its tokens."""
+        if not longest_token:
+            longest_token.append(max(len(t.encode("utf-8")) for t in engine.vocabulary()))
+        if len(prompt) > engine.context_length * longest_token[0] * PROMPT_CHARS_SLACK:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {engine.context_length} tokens; a "
+                f"prompt of {len(prompt):,} characters cannot fit it (requested "
+                f"{max_tokens} tokens for the completion).",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
     async def generate(
         prompts: list[Prompt], params: dict[str, Any], max_tokens: int
     ) -> list[Generation]:
         key = ("generate", max_tokens, *sorted((k, _hashable(v)) for k, v in params.items()))
 
         def run(batch: list[Prompt]) -> list[Generation]:
-            return engine.generate(batch, max_tokens=max_tokens, **params)
+            abandoned = _BATCH_ABANDONED.get()
+            return engine.generate(batch, max_tokens=max_tokens, should_stop=abandoned, **params)
 
         try:
             return await batcher.submit(key, prompts, run)
@@ -403,8 +490,12 @@ def create_app(
         top_k = body.logprobs
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
+        for prompt in prompts:
+            _check_text(prompt, "prompt")
+            fits_window(prompt, max_tokens)
         encoded = [engine.encode(p) for p in prompts]
         _check_lengths(engine, encoded, max_tokens)
+        _check_work(encoded, body.n, params["temperature"], max_tokens)
         # Token ids from here on: the engine would otherwise tokenize each prompt again.
         gens = await generate(list(encoded), {**params, "logprobs": top_k}, max_tokens)
         echoed: list[ScoredTokens | None] = [None] * len(prompts)
@@ -453,7 +544,11 @@ def create_app(
             raise APIError(400, "messages must not be empty", param="messages")
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs requires logprobs=true", param="top_logprobs")
+        for message in body.messages:
+            _check_text(_content_text(message.content), "messages")
         prompt = chat_prompt(engine, body.messages)
+        if isinstance(prompt, str):
+            fits_window(prompt, 0)
         ids = engine.encode(prompt)
         max_tokens = (
             body.max_completion_tokens
@@ -467,6 +562,7 @@ def create_app(
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
         _check_lengths(engine, [ids], max_tokens)
+        _check_work([ids], body.n, params["temperature"], max_tokens)
         gens = await generate([ids], {**params, "logprobs": top_k}, max_tokens)
         choices = [
             {
@@ -573,12 +669,38 @@ class _Gate:
         self.expected_auth = expected_auth
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            refusal = self.refusal(dict(scope["headers"]))
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(dict(scope["headers"]))
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        # Content-Length may be absent (chunked) or lie: the limit is also kept while reading.
+        read = 0
+        started = False
+
+        async def bounded_receive() -> Any:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > MAX_BODY_BYTES:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, tracked_send)
+        except _BodyTooLarge:
+            # Raised where FastAPI does not answer it (a middleware reading the body, such as
+            # the fault injector); inside a route it is answered by the HTTP error handler.
+            if not started:
+                await _too_large()(scope, receive, send)
 
     def refusal(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
         if self.expected_auth is not None:
@@ -594,10 +716,22 @@ class _Gate:
                 return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error_response(
-                413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
-            )
+            return _too_large()
         return None
+
+
+def _too_large() -> JSONResponse:
+    return error_response(
+        413, f"the request body is over {MAX_BODY_BYTES} bytes", code="request_too_large"
+    )
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised by `_Gate`'s receive once a body passes `MAX_BODY_BYTES`: an HTTP exception, so
+    FastAPI's body reading passes it on to the handler instead of calling it a parse error."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
 class _Arrivals:
@@ -610,8 +744,31 @@ class _Arrivals:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            with self.batcher.arrival():
-                await self.app(scope, receive, send)
+            gone = asyncio.Event()
+            token = _CLIENT_GONE.set(gone)
+            watcher: list[asyncio.Task[None]] = []
+
+            async def watch() -> None:
+                # After the body nothing else reads `receive`: its next message is the
+                # disconnect (or, once the answer is sent, the end of the exchange).
+                if (await receive())["type"] == "http.disconnect":
+                    gone.set()
+
+            async def receive_then_watch() -> Any:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                elif not message.get("more_body", False) and not watcher:
+                    watcher.append(asyncio.get_running_loop().create_task(watch()))
+                return message
+
+            try:
+                with self.batcher.arrival():
+                    await self.app(scope, receive_then_watch, send)
+            finally:
+                _CLIENT_GONE.reset(token)
+                for task in watcher:
+                    task.cancel()
         else:
             await self.app(scope, receive, send)
 
@@ -672,7 +829,26 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > 4:
         raise APIError(400, "at most 4 stop sequences", param="stop")
+    for text in stops:
+        _check_text(text, "stop")
     return tuple(stops)
+
+
+def _check_work(
+    encoded: Sequence[Sequence[int]], n: int, temperature: float, max_tokens: int
+) -> None:
+    """Refuse a request holding more than `MAX_REQUEST_TOKENS` token positions."""
+    rows = 1 if temperature == 0 else n
+    work = sum(len(ids) + max_tokens for ids in encoded) * rows
+    if work > MAX_REQUEST_TOKENS:
+        raise APIError(
+            400,
+            f"this request holds {work:,} token positions ((prompt tokens + max_tokens) x n "
+            f"over {len(encoded)} prompts); the bound per request is {MAX_REQUEST_TOKENS:,}: "
+            "send fewer prompts, a smaller n or a smaller max_tokens per request",
+            param="n",
+            code="request_too_large",
+        )
 
 
 def _check_lengths(engine: HFEngine, encoded: list[list[int]], max_tokens: int) -> None:
@@ -883,7 +1059,9 @@ def start_server(
     if not is_loopback(host) and not api_key:
         raise BenchError(f"refusing to serve on non-loopback host {host!r} without an api key")
     model_dir = check_model_dir(model_dir)  # fail here, not after the child's slow imports
-    workdir = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    _remove_leftovers()
+    # The owner's pid in the name lets a later start tell a dead run's folder from a live one.
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
     port_file = workdir / "port"
     log_path = workdir / "server.log"
     command = [
@@ -936,6 +1114,39 @@ def start_server(
     raise BenchError(f"model server did not become ready within {timeout_s:.0f} s:\n{tail}")
 
 
+WORKDIR_PREFIX = "bench-server-"
+_WORKDIR_NAME = re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+
+
+def _remove_leftovers() -> list[Path]:
+    """Delete the work folders (``bench-server-<pid>-*`` in the temp directory) of runs that
+    were killed before they could: only this user's, and only when process ``<pid>`` is
+    gone (a folder whose name carries no pid, made by an older version, is left alone)."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        match = _WORKDIR_NAME.fullmatch(folder.name)
+        try:
+            if not match or folder.is_symlink() or folder.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if _process_exists(int(match.group(1))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid we can judge): keep the folder
+    return True
+
+
 def _watch_parent() -> None:
     """Exit when the parent dies, so a crashed test run leaves no server behind."""
     parent = os.getppid()
@@ -958,16 +1169,24 @@ def _set_threads(engine: HFEngine, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (exit 2) instead of the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.server``: serve a local model directory."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m benchmarks.server",
         description=f"OpenAI-compatible server over a local model. API key: ${API_KEY_ENV}.",
     )
     parser.add_argument("--model-dir", required=True, type=Path, help="local model directory")
     parser.add_argument("--model-name", help="model id to answer to (default: directory name)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once bound")
     parser.add_argument("--grey-box", action="store_true", help="serve /v1/bench endpoints")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")

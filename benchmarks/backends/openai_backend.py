@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -92,21 +92,59 @@ class MalformedResponse(Exception):
 
 
 def safe_url(url: str | None) -> str:
-    """``url`` without any user:password part, for messages."""
+    """``url`` for records and messages: no user:password part, every query value masked
+    (keys are often passed as ``?api_key=...``), no fragment. Never raises: a URL that does
+    not parse is shown as ``<unparseable URL>``."""
     if not url:
         return "api.openai.com"
-    parts = urlparse(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rpartition("@")[2]
+    # A piece without "=" may itself be a secret (``?sk-...``): masked whole.
+    query = "&".join(
+        f"{name}=***" if sep else "***"
+        for name, sep, _ in (piece.partition("=") for piece in parts.query.split("&") if piece)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+
+
+def check_base_url(url: str | None) -> None:
+    """Refuse a base URL that cannot be an HTTP endpoint, naming what is wrong (with the URL
+    shown through `safe_url`, so no password or query value reaches the message).
+
+    Raises:
+        BenchError: not http(s), no host, a port that is not a number in 0-65535, or a URL
+            that does not parse.
+    """
+    if url is None:
+        return
+    shown = safe_url(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError unless a number in 0-65535 (0: the zoo's placeholder)
+    except ValueError as exc:
+        raise BenchError(
+            f"base URL {shown}: not a valid URL ({exc}); expected http(s)://HOST[:PORT]/PATH, "
+            "with PORT in 0-65535"
+        ) from None
+    if parts.scheme not in ("http", "https"):
+        raise BenchError(
+            f"base URL {shown}: the scheme must be http or https "
+            "(expected http(s)://HOST[:PORT]/PATH)"
+        )
+    if not parts.hostname:
+        raise BenchError(f"base URL {shown}: no host (expected http(s)://HOST[:PORT]/PATH)")
 
 
 def is_loopback(base_url: str | None) -> bool:
     if not base_url:
         return False
-    host = urlparse(base_url).hostname or ""
+    try:
+        host = urlparse(base_url).hostname or ""
+    except ValueError:  # not a URL: `check_base_url` says why
+        return False
     if host == "localhost":
         return True
     try:
@@ -290,6 +328,7 @@ class OpenAIBackend(Backend):
         prompt_format: str | None = None,
         **_: Any,
     ):
+        check_base_url(base_url)
         if api is not None and api not in _API_FORMAT:
             raise BenchError(f"openai backend: unknown api {api!r}; valid: chat, completions")
         if api is not None and prompt_format is not None and _API_FORMAT[api] != prompt_format:
@@ -368,7 +407,7 @@ class OpenAIBackend(Backend):
         if self._api_key() is None and not is_loopback(self.base_url):
             where = f"file {self._key_file}" if self._key_file else f"${self._key_env}"
             raise BenchError(
-                f"openai backend: no API key for {self.base_url or 'api.openai.com'}; "
+                f"openai backend: no API key for {safe_url(self.base_url)}; "
                 f"set {where} (or --api-key-env/--api-key-file)"
             )
         if is_loopback(self.base_url):

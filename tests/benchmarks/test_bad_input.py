@@ -206,6 +206,17 @@ CLI_CASES: list[tuple[str, dict[str, str | None], str]] = [
         "was started with other settings",
     ),
     ("unknown flag", {"--frobnicate": "1"}, "unrecognized arguments: --frobnicate"),
+    ("run id climbs out", {"--run-id": "../../x"}, "--run-id '../../x': must be one name"),
+    ("run id absolute", {"--run-id": "/tmp/x"}, "--run-id '/tmp/x': must be one name"),
+    ("run id is the results dir", {"--run-id": "."}, "--run-id '.': must be one name"),
+    ("run id empty", {"--run-id": ""}, "--run-id '': must be one name"),
+    ("run id too long", {"--run-id": "x" * 300}, "at most 128 characters, got 300"),
+    (
+        "resume run id climbs out",
+        {"--resume": None, "--run-id": "../results/existing"},
+        "must be one name",
+    ),
+    ("results dir not writable", {"--results-dir": "/proc/forbidden"}, "/proc/forbidden"),
 ]
 
 
@@ -563,3 +574,16 @@ def test_bad_inputs_tried() -> None:
         f"{len(SERVER_CASES)} server requests)"
     )
     assert n >= 90
+
+
+def test_report_out_that_is_a_file_is_one_line(
+    results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    before = tree_digest(results)
+    code, err = _bench(["report", str(results / "existing"), "--out", str(out)], capsys)
+    assert_refused(code, err, f"--out {out}: exists and is not a directory", before, results)
+    assert out.read_text() == "keep me"
+    code, err = _bench(["report", str(results / "existing"), "--out", "/proc/forbidden"], capsys)
+    assert_refused(code, err, "--out /proc/forbidden: cannot create", before, results)

@@ -95,3 +95,57 @@ def test_stats_and_clear_cover_training_outcomes(tmp_path: Path) -> None:
     assert stats.entries == 2 and stats.bytes > 0
     assert cache.clear() == 2
     assert cache.stats().entries == 0 and not (tmp_path / TRAINING_DIR).exists()
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_clear_refuses_a_folder_the_cache_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.cli import main
+
+    project = tmp_path / "fakeproj"
+    for name in ("go", "js", "ab"):
+        (project / name).mkdir(parents=True)
+        (project / name / "main.txt").write_text("source")
+    before = _tree(project)
+    assert main(["cache", "clear", "--cache-dir", str(project)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a bench cache" in err[0] and str(project) in err[0], err
+    assert _tree(project) == before
+    # stats only reads, and says nothing is there to count.
+    assert ResponseCache(project).stats().entries == 0
+
+
+def test_clear_deletes_only_what_the_cache_wrote(tmp_path: Path) -> None:
+    from benchmarks.cache import MARKER
+
+    cache = ResponseCache(tmp_path / "c")
+    cache.put(cache_key({"a": 1}), {"v": 1})
+    assert (tmp_path / "c" / MARKER).is_file()  # written when the cache is created
+    (tmp_path / "c" / "go").mkdir()
+    (tmp_path / "c" / "go" / "keep.txt").write_text("not ours")
+    assert cache.clear() == 1
+    assert _tree(tmp_path / "c") == sorted([MARKER, "go", "go/keep.txt"])
+
+
+def test_clear_recognises_a_cache_made_before_the_marker(tmp_path: Path) -> None:
+    from benchmarks.cache import MARKER
+    from methods.registry import BenchError
+
+    cache = ResponseCache(tmp_path / "old")
+    for i in range(3):
+        cache.put(cache_key({"i": i}), {"v": i})
+    (tmp_path / "old" / MARKER).unlink()
+    assert cache.clear() == 3  # the strict layout of entries only: recognised, cleared
+    assert not any(p.suffix == ".json" for p in (tmp_path / "old").rglob("*"))
+    # The same layout with one foreign file is not recognised: nothing is deleted.
+    cache.put(cache_key({"i": 0}), {"v": 0})
+    (tmp_path / "old" / MARKER).unlink()
+    stray = next((tmp_path / "old").glob("*/*.json")).parent / "notes.txt"
+    stray.write_text("mine")
+    with pytest.raises(BenchError, match="not a bench cache"):
+        cache.clear()
+    assert stray.is_file() and len(list((tmp_path / "old").glob("*/*.json"))) == 1

@@ -385,3 +385,44 @@ def test_prompt_lists_survive_429s_and_count_each_retry_once(
     assert after["requests"] - before["requests"] == 4 + injected  # 4 lists of 16, and retries
     assert [r.value[0].text for r in results] == expected
     assert sum(r.retries for r in results) == injected
+
+
+def test_a_cache_entry_of_the_wrong_shape_is_a_miss_said_once(
+    tmp_path: Path, backend: HFBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    cache = ResponseCache(tmp_path)
+    prompts = ["Q: 2 + 3\nA:", "Q: 4 + 4\nA:"]
+    with torch_threads(1):
+        bb = MeteredBlackBox(backend, meter=UsageMeter(), cache=cache)
+        first = bb.generate(prompts, max_tokens=5)
+        bb.score(prompts, [" 5", " 8"])
+        bb.next_token_logprobs(prompts)
+        bb.vocabulary()
+        entries = sorted(tmp_path.glob("*/*.json"))
+        garbage: list[object] = [
+            {"value": {"completion": "garbage"}},
+            {"value": "garbage"},
+            ["not", "an", "object"],
+            {"value": {"tokens": 3, "token_logprobs": None, "prompt_tokens": "x"}},
+            {"value": {"logprobs": {"shape": [2, 2], "data": "AAAA"}, "prompt_tokens": 1}},
+            {"value": {"value": 5}},
+        ]
+        for i, path in enumerate(entries):
+            path.write_text(json.dumps(garbage[i % len(garbage)]), encoding="utf-8")
+        caplog.set_level(logging.WARNING)
+        again = MeteredBlackBox(backend, meter=UsageMeter(), cache=ResponseCache(tmp_path))
+        assert [[c.text for c in row] for row in again.generate(prompts, max_tokens=5)] == [
+            [c.text for c in row] for row in first
+        ]
+        again.score(prompts, [" 5", " 8"])
+        again.next_token_logprobs(prompts)
+        assert again.vocabulary() == backend.vocabulary()
+    warnings = [r for r in caplog.records if "cache entry" in r.getMessage()]
+    assert len(warnings) == 1 and "treated as a miss" in warnings[0].getMessage(), warnings
+    # Each bad entry was replaced by the fresh answer: a third pass is all hits.
+    third = MeteredBlackBox(backend, meter=UsageMeter(), cache=ResponseCache(tmp_path))
+    third.generate(prompts, max_tokens=5)
+    assert all(c.cached for c in third.meter.calls)

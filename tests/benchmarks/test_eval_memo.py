@@ -88,3 +88,18 @@ def test_predictions_that_are_not_json_are_not_kept_and_no_cache_means_no_memo(
     off = EvalMemo(tmp_path / "off", enabled=False)
     off.put(key, [Prediction("a", "x", "x")], [], [], EXAMPLES[:1])
     assert not off.enabled and off.get(key, UsageMeter()) is None
+
+
+def test_a_batch_of_the_wrong_shape_is_a_miss_that_meters_nothing(tmp_path: Path) -> None:
+    import json
+
+    memo = EvalMemo(tmp_path)
+    key = _key(memo)
+    memo.put(key, [Prediction("a", " 2", "2")], [CALL], [BLOCK], EXAMPLES)
+    (path,) = tmp_path.glob("eval/*/*.json")
+    entry = json.loads(path.read_text(encoding="utf-8"))
+    for bad in ({"predictions": "garbage"}, {"compute": [{"label": 1}]}, {"calls": [3]}):
+        path.write_text(json.dumps({**entry, "value": {**entry["value"], **bad}}))
+        meter = UsageMeter()
+        assert memo.get(key, meter) is None
+        assert meter.calls == [] and meter.summary()["compute"] == {}

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks.cli import main
 from benchmarks.results import CellRecord, RunStore, cell_id, open_run, provenance, write_atomic
+from benchmarks.server import ServerHandle
 from methods.registry import BenchError
+from tests.benchmarks.conftest import tiny_run_argv
 
 
 def _record(cid: str, acc: float = 0.5) -> CellRecord:
@@ -74,3 +78,63 @@ def test_answer_warnings_flag_one_answer_on_a_split_that_is_not_uniform() -> Non
     assert answer_warnings(rows(["neg"] * 37 + ["pos"] * 3, mixed)) == []
     assert answer_warnings(rows(["neg"] * 40, ["neg"] * 39 + ["pos"])) == []
     assert answer_warnings(rows(["neg"] * 10, mixed[:10])) == []
+
+
+def _damage(store: RunStore) -> dict[str, str]:
+    """Three cells damaged three ways: a truncated record, a status no schema allows, and
+    a predictions line that is not JSON. Returns cell id -> how."""
+    cells = sorted(store.root.glob("cells/*.json"))
+    truncated, bogus, bad_line = (p.stem for p in cells[:3])
+    text = store.cell_path(truncated).read_text(encoding="utf-8")
+    store.cell_path(truncated).write_text(text[: len(text) // 2], encoding="utf-8")
+    record = json.loads(store.cell_path(bogus).read_text(encoding="utf-8"))
+    store.cell_path(bogus).write_text(json.dumps({**record, "status": "bogus"}), encoding="utf-8")
+    predictions = store.root / "predictions" / f"{bad_line}.jsonl"
+    predictions.write_text(predictions.read_text(encoding="utf-8") + '{"id": "x", "sco\n')
+    return {truncated: "truncated", bogus: "bogus", bad_line: "bad line"}
+
+
+def test_damaged_records_are_skipped_by_report_and_rerun_by_resume(
+    tmp_path: Path, tiny_server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results"
+    argv = tiny_run_argv(
+        tiny_server.base_url,
+        *("--run-id", "r", "--results-dir", str(results), "--cache-dir", str(tmp_path / "c")),
+        limit=2,
+    )
+    assert main(argv) == 0
+    store = RunStore(results / "r")
+    intact = {r.cell_id: r for r in store.cells()}
+    assert len(intact) == 4
+    damaged = _damage(store)
+    capsys.readouterr()
+    # report: the damaged cells are left out, each named once in a warning; exit 0.
+    assert main(["report", str(store.root), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for cid in damaged:
+        assert sum(cid in line and "skipped" in line for line in err.splitlines()) == 1, err
+    assert {r.cell_id for r in store.cells()} == set(intact) - set(damaged)
+    # resume: the damaged cells run again and their files are whole again.
+    assert main([*argv, "--resume"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    again = {r.cell_id: r for r in store.cells()}
+    assert set(again) == set(intact)
+    for cid in damaged:
+        assert again[cid].status == "ok" and again[cid].accuracy == intact[cid].accuracy
+        assert all(isinstance(p, dict) for p in store.predictions(cid))
+
+
+def test_a_run_directory_that_cannot_be_locked_is_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from filelock import FileLock
+
+    def refuse(self: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")  # a read-only results folder
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    with pytest.raises(BenchError, match="cannot lock the run directory"):
+        with RunStore(tmp_path / "ro").lock():
+            pass

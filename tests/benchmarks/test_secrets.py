@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -219,3 +220,51 @@ def test_model_weights_load_from_safetensors_only() -> None:
             if not any(k.arg == "use_safetensors" for k in node.keywords):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {owner}.from_pretrained")
     assert not found, "model loads without use_safetensors=True:\n" + "\n".join(found)
+
+
+def test_urls_are_recorded_and_printed_without_user_info_or_query_values(
+    tmp_path: Path, tiny_server: ServerHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = tiny_server.base_url.split(":")[2].split("/")[0]
+    secret = "pw-" + secrets.token_hex(8)
+    with_user = f"http://user:{secret}@127.0.0.1:{port}/v1"
+    assert _run(with_user, tmp_path, "userinfo", "--methods", "zero-shot", "--seeds", "0") == 0
+    spec = (tmp_path / "results" / "userinfo" / "run.json").read_text(encoding="utf-8")
+    assert secret not in spec and f"127.0.0.1:{port}/v1" in spec
+    # A dead endpoint with the key in the query: the "not reachable" message masks it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    with_query = f"http://127.0.0.1:{dead}/v1?api_key={secret}&x"
+    assert _run(with_query, tmp_path, "query", "--max-retries", "0") == 2
+    captured = capsys.readouterr()
+    assert "not reachable" in captured.err and "api_key=***" in captured.err
+    assert secret not in captured.out + captured.err
+
+
+def test_safe_url_never_raises_and_strips_secrets() -> None:
+    from benchmarks.backends.openai_backend import safe_url
+
+    assert safe_url("http://u:pw@127.0.0.1:99999999/v1?k=v&flag#frag") == (
+        "http://127.0.0.1:99999999/v1?k=***&***"
+    )
+    assert safe_url("http://[::1/v1") == "<unparseable URL>"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://user:pw@127.0.0.1:99999999/v1", "PORT in 0-65535"),
+        ("ftp://127.0.0.1:8000/v1", "http or https"),
+        ("127.0.0.1:8000/v1", "http or https"),
+        ("http:///v1", "host"),
+        ("http://[::1/v1", "not a valid URL"),
+    ],
+)
+def test_a_bad_base_url_is_one_line_exit_2(
+    tmp_path: Path, url: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(url, tmp_path, "bad-url") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and expected in err, err
+    assert "pw" not in err

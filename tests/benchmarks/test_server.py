@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from benchmarks.engine import HFEngine
+from benchmarks.faults import FaultSpec
 from benchmarks.server import API_KEY_ENV, ServerHandle, create_app, main, start_server
 from benchmarks.tiny import tiny_model_dir, torch_threads
 from methods.registry import BenchError
@@ -365,3 +367,244 @@ def test_next_token_takes_messages_rendered_as_chat(engine: HFEngine) -> None:
     assert reply["usage"]["prompt_tokens"] == 2 * len(ids)
     assert both.status_code == neither.status_code == 400
     assert "prompts or messages" in both.json()["error"]["message"]
+
+
+def test_leftovers_of_dead_runs_are_cleared_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"bench-server-{dead_pid}-abc123"
+    live = tmp_path / f"bench-server-{os.getpid()}-def456"
+    unknown = tmp_path / "bench-server-q1w2e3r4"  # no owner in its name: not ours to judge
+    for folder in (dead, live, unknown):
+        folder.mkdir()
+        (folder / "server.log").write_text("old")
+    with start_server(tiny_model_dir(), model_name=MODEL) as handle:
+        assert handle._workdir.parent == tmp_path
+        assert handle._workdir.name.startswith(f"bench-server-{os.getpid()}-")
+    assert not dead.exists() and live.is_dir() and unknown.is_dir()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_bad_port_is_one_line_exit_2(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import main as bench_main
+
+    for run in (
+        lambda: bench_main(["serve", "--model", str(tiny_model_dir()), "--port", port]),
+        lambda: main(["--model-dir", str(tiny_model_dir()), "--port", port]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "0-65535" in err[0] and port in err[0], err
+
+
+# -- hostile requests ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local(engine: HFEngine) -> Iterator[TestClient]:
+    """The app in process (no key), for requests a real client would never send."""
+    with TestClient(create_app(engine, model_name=MODEL)) as session:
+        yield session
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"model": "tiny", "prompt": "\\ud800 x"}', "prompt"),
+        ('{"model": "tiny", "prompt": ["ok", "x \\udfff"]}', "prompt"),
+        ('{"model": "tiny", "prompt": "ok", "stop": ["\\ud800"]}', "stop"),
+        ('{"model": "tiny\\ud800", "prompt": "ok"}', "model"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_naming_the_field(
+    local: TestClient, body: str, param: str
+) -> None:
+    reply = local.post(
+        "/v1/completions", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert reply.status_code in (400, 404), reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and param in error["message"], error
+    chat = '{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    reply = local.post(
+        "/v1/chat/completions", content=chat.encode(), headers={"content-type": "application/json"}
+    )
+    assert assert_error(reply, 400)["param"] == "messages"
+
+
+def _asgi_post(app: Any, path: str, chunks: Iterator[bytes]) -> tuple[int, bytes, int]:
+    """POST a chunked body (no Content-Length) straight through ASGI; returns the status, the
+    body of the answer and how many chunks the app read."""
+    import asyncio
+
+    read = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        chunk = next(chunks, None)
+        if chunk is None:
+            await asyncio.sleep(3600)  # never: the body has ended
+        read += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                     (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+
+    async def main() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 60)
+
+    asyncio.run(main())
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, read
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_reading(engine: HFEngine) -> None:
+    from benchmarks.server import MAX_BODY_BYTES
+
+    megabyte = b'{"model": "tiny", "prompt": "' + b"x" * (2**20 - 29)
+    chunks = iter([megabyte, *([b"x" * 2**20] * 19)])  # 20 MB, never finished
+    for faults in (None, FaultSpec(rate=0.0)):
+        app = create_app(engine, model_name=MODEL, faults=faults)
+        status, body, read = _asgi_post(app, "/v1/completions", iter(list(chunks)))
+        assert status == 413, body
+        assert read <= MAX_BODY_BYTES // 2**20 + 1  # stopped at the limit, not at the end
+        assert b"request_too_large" in body
+        chunks = iter([megabyte, *([b"x" * 2**20] * 19)])
+
+
+def test_the_work_one_request_can_hold_is_bounded(
+    local: TestClient, engine: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    longest = 0
+    encode = engine.encode
+
+    def measured(prompt: Any) -> list[int]:
+        nonlocal longest
+        longest = max(longest, len(prompt))
+        return encode(prompt)
+
+    monkeypatch.setattr(engine, "encode", measured)
+    # 15 MB of text that cannot fit the window: refused before it is tokenized.
+    huge = {"model": MODEL, "prompt": "word " * 3_000_000, "max_tokens": 1}
+    error = assert_error(local.post("/v1/completions", json=huge), 400, "context_length_exceeded")
+    assert longest < 100_000 and "prompt" in error["message"]
+    from benchmarks.server import MAX_REQUEST_TOKENS
+
+    many = {"model": MODEL, "prompt": ["word " * 20] * 1000, "n": 128, "max_tokens": 100}
+    error = assert_error(local.post("/v1/completions", json=many), 400)
+    assert f"{MAX_REQUEST_TOKENS:,}" in error["message"] and error["param"] == "n"
+    # Within the bound it answers (greedy samples are decoded once, so n costs nothing).
+    fine = {**many, "prompt": ["word"] * 16, "n": 4, "max_tokens": 2, "temperature": 0}
+    assert local.post("/v1/completions", json=fine).status_code == 200
+
+
+def _asgi_call(
+    app: Any, body: dict[str, Any], gone: Any = None, path: str = "/v1/completions"
+) -> Any:
+    """One POST through ASGI whose client goes away when the event ``gone`` is set (never,
+    when None); a coroutine giving the status it was answered (None: no answer)."""
+    import asyncio
+    import json as json_module
+
+    payload = json_module.dumps(body).encode()
+    delivered = False
+    answer: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await (gone.wait() if gone is not None else asyncio.sleep(3600))
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer.append(message["status"])
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+
+    async def call() -> int | None:
+        await asyncio.wait_for(app(scope, receive, send), 60)
+        return answer[0] if answer else None
+
+    return call()
+
+
+def test_a_request_whose_client_left_is_dropped_before_it_runs(
+    engine: HFEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    calls: list[list[Any]] = []
+    release = threading.Event()
+    generate = engine.generate
+
+    def held(prompts: list[Any], **options: Any) -> Any:
+        calls.append(list(prompts))
+        if len(calls) == 1:
+            release.wait(30)  # the first request keeps the engine busy
+        return generate(prompts, **options)
+
+    monkeypatch.setattr(engine, "generate", held)
+    app = create_app(engine, model_name=MODEL)
+    body = {"model": MODEL, "prompt": "yes", "max_tokens": 3, "temperature": 0}
+
+    async def scenario() -> tuple[int | None, int | None]:
+        first = asyncio.ensure_future(_asgi_call(app, body))
+        for _ in range(500):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        gone = asyncio.Event()
+        second = asyncio.ensure_future(_asgi_call(app, {**body, "prompt": "no"}, gone))
+        await asyncio.sleep(0.2)  # queued behind the first
+        gone.set()  # its client goes away
+        await asyncio.sleep(0.1)
+        release.set()
+        return await first, await second
+
+    first, second = asyncio.run(scenario())
+    assert first == 200 and second == 499
+    assert len(calls) == 1, calls  # the second request never reached the engine
+
+
+def test_a_long_generation_stops_when_told(engine: HFEngine) -> None:
+    from benchmarks.engine import GenerationCancelled
+
+    steps = 0
+
+    def stop() -> bool:
+        nonlocal steps
+        steps += 1
+        return steps > 3
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(["yes"] * 100, n=2, temperature=1.0, max_tokens=50, should_stop=stop)
+    assert steps == 4  # noticed between decoding steps, not after the 200 rows
