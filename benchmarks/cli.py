@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-format",
         choices=("raw", "chat"),
         default=None,
-        help="prompts as raw text or as one user turn of the chat template (default: the "
-        "backend's: openai chat, zoo and hf raw)",
+        help="prompts as raw text or as one user turn of the chat template (default: a named "
+        "real model's measured format, else the backend's: openai chat, zoo and hf raw)",
     )
     run.add_argument(
         "--system-prompt", default=None, metavar="TEXT", help="a system turn (with chat)"
