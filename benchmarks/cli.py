@@ -182,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="METHOD.KEY=VALUE",
-        help="override a hyperparameter",
+        help="override a hyperparameter; the white-box models, filled to fit the black box "
+        "unless set (a name or a directory): proxy-tuning.base, proxy-tuning.expert, "
+        "contrastive-decoding.amateur (on the black box's vocabulary), bbox.backbone, "
+        "aligner.corrector, cobb.corrector",
     )
     run.add_argument(
         "--task-option",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,18 @@ def test_unknown_task_option_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "task sst2: unknown option 'bogus'; valid: fewshot_seed" in capsys.readouterr().err
     assert main(["ls", "tasks"]) == 0
     assert "option fewshot_seed" in capsys.readouterr().out
+
+
+def test_run_help_names_every_companion_key() -> None:
+    """`bench run --help` names the --set key of every white-box model a method declares, so
+    a user learns how to override what the harness fills for the black box."""
+    from benchmarks.cli import build_parser
+    from methods.base import get_method, methods
+
+    parser = build_parser()
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "run"
+    ]
+    text = " ".join(run.format_help().split())
+    keys = [f"{m}.{f}" for m in methods.names() for f in get_method(m).companions]
+    assert keys and [k for k in keys if k not in text] == []
