@@ -303,6 +303,12 @@ def resolve_model(
         verify_manifest(path)
         return path
     text = str(name)
+    if os.sep in text or text.startswith("."):  # meant as a path: no name looks like this
+        raise BenchError(
+            f"model {text!r} is not a directory; give a directory written by save_pretrained "
+            "(config.json, tokenizer, *.safetensors) or a model name (`bench models ls`, or a "
+            "zoo model)"
+        )
     from benchmarks import zoo
 
     if text in zoo.available():

@@ -9,7 +9,6 @@ decoded as one batch.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -48,20 +47,18 @@ def check_model_dir(model: str | Path) -> Path:
     `BenchError` saying what a model directory is."""
     from benchmarks.models import resolve_model
 
-    path = Path(model).expanduser()
     expected = (
         "expected a model name (`bench models ls`) or a local directory written by "
         "save_pretrained (config.json, tokenizer files and *.safetensors weights)"
     )
-    if not path.is_dir():
-        if os.sep in str(model) or str(model).startswith("."):
-            raise BenchError(f"hf backend: model {str(model)!r} is not a directory; {expected}")
-        path = resolve_model(str(model))
+    try:
+        path = resolve_model(model)  # a name is pulled on first use; a manifest is checked
+    except BenchError as exc:
+        raise BenchError(f"hf backend: {exc}") from None
     if not (path / "config.json").is_file():
         raise BenchError(f"hf backend: {path} has no config.json; {expected}")
     if not any(path.glob("*.safetensors")):
         raise BenchError(f"hf backend: {path} has no *.safetensors weights; {expected}")
-    resolve_model(path)  # the manifest check of a directory the project wrote
     return path.resolve()
 
 
