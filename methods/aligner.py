@@ -226,6 +226,7 @@ class Aligner(BlackBoxTuner):
         )
         if adapter == "lora" or scaled:
             ctx.on_event("corrector", {"adapter": adapter, **scaled})
+        self.config = cfg  # the record shows the values trained with
         rng = random.Random(ctx.seed)
         questions = rng.sample(list(train), questions_used(train, self.config.n_questions))
         sampled = cfg.answers_per_question > 1

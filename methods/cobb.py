@@ -274,6 +274,7 @@ class CoBB(BlackBoxTuner):
         )
         if adapter == "lora" or scaled:
             ctx.on_event("corrector", {"adapter": adapter, **scaled})
+        self.config = cfg  # the record shows the values trained with
         self.variant = None
         rng = random.Random(ctx.seed)
         questions = rng.sample(list(train), questions_used(train, self.config.n_questions))

@@ -247,6 +247,7 @@ class ProxyTuning(BlackBoxTuner):
             )
             if adapter == "lora" or scaled:
                 ctx.on_event("proxy_tuning_adapter", {"adapter": adapter, **scaled})
+            self.config = cfg  # the record shows the values trained with
             examples = list(train)
             random.Random(ctx.seed).shuffle(examples)
             examples = examples[: cfg.max_train_examples or len(examples)]

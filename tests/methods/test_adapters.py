@@ -72,6 +72,7 @@ def test_a_lora_corrector_saves_its_adapters_only_and_reloads_the_same(
     policy = tuner.fit(train, task=task, backend=bb, context=_context(events, cache))
     # LoRA, with the pretrained-scale learning rate and batch (not light's zoo 3e-4)
     assert events[0] == ("corrector", {"adapter": "lora", "lr": 2e-4, "batch_size": 8})
+    assert tuner.hyperparameters()["lr"] == 2e-4  # the record shows what trained
     assert isinstance(policy, CorrectorPolicy)
 
     policy.save(tmp_path / "p")

@@ -195,7 +195,7 @@ def test_a_module_with_frozen_weights_is_stored_as_its_trainable_ones(tmp_path: 
             loss = net(torch.ones(3, 64)).pow(2).sum()
             loss.backward()
             opt.step()
-            return [float(loss)]
+            return [float(loss.detach())]
 
         return run
 
