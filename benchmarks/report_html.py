@@ -290,6 +290,7 @@ def render_cell_page(cell: ReportCell, report: Report) -> str:
         ("tuning tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'tune'):,}"),
         ("inference tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'eval'):,}"),
         ("compute s", f"{seconds:.2f} ({device})"),
+        ("artifacts saved", "" if r.artifact_bytes is None else f"{r.artifact_bytes:,} bytes"),
     ]
     back = f"../index.html#task-{slug(r.task)}"
     body = [

@@ -85,6 +85,10 @@ class CellRecord(BaseModel):
     """A method's self-reported variant (e.g. label parsed from text vs by likelihood)."""
     wall_s: dict[str, float] = Field(default_factory=dict)
     """Wall seconds of the tune and eval phases."""
+    artifact_bytes: int | None = None
+    """Bytes the cell saved under ``artifacts/<cell>/`` (its adapted policy: an instruction,
+    LoRA adapters, or a whole fine-tuned model); None in records written before it was kept
+    and for cells that saved nothing."""
     task_hash: str | None = None
     """Fingerprint of the task's examples and template."""
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -114,6 +118,13 @@ def answer_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         f"one answer throughout: {what} for {count} of {len(rows)} test examples "
         f"({share:.0%}; the most common target is {target_share:.0%})"
     ]
+
+
+def directory_bytes(directory: Path) -> int | None:
+    """The bytes of the files under ``directory``; None when it does not exist."""
+    if not directory.is_dir():
+        return None
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 def cell_id(method: str, task: str, backend: str, model: str, seed: int) -> str:

@@ -65,6 +65,7 @@ from benchmarks.results import (
     answer_warnings,
     cell_id,
     check_run_id,
+    directory_bytes,
     new_run_id,
     provenance,
 )
@@ -747,7 +748,16 @@ class Runner:
                 {"cell": cell.cid, "traceback": self._scrub(traceback.format_exc())},
             )
             return self._failed(store, base, meter, tuner, f"{type(exc).__name__}: {exc}")
-        record = _evaluated_record(base, meter, tuner, task, rows, wall, status="ok")
+        record = _evaluated_record(
+            base,
+            meter,
+            tuner,
+            task,
+            rows,
+            wall,
+            status="ok",
+            artifact_bytes=directory_bytes(store.artifact_dir(cell.cid)),
+        )
         store.write_cell(record, rows)
         self.on_event(
             "cell_done",
@@ -815,6 +825,7 @@ class Runner:
             wall,
             status="budget_exhausted",
             reason=self._scrub(f"{exc} (stopped during {where})"),
+            artifact_bytes=directory_bytes(store.artifact_dir(base["cell_id"])),
         )
         store.write_cell(record, rows)
         self.on_event("cell_budget_exhausted", {"cell": base["cell_id"], "reason": record.reason})

@@ -45,6 +45,17 @@ Deviations forced by the setting:
 - Sequences are cut to the corrector's context (192 tokens for zoo models): the upstream
   answer first, then the start of the question (`Corrector.encode_prompt`).
 - The dev split is not used: the official recipe trains a fixed number of epochs.
+- LoRA for pretrained correctors (``adapter="auto"``, `methods.adapters`): the paper fine-tunes
+  all weights. A zoo corrector still does (0.24M parameters; the committed baselines); a
+  pretrained one (SmolLM2-135M and up) trains LoRA adapters (Hu et al. 2021, Table 11's GPT-2
+  setting: r 4, α 32, dropout 0.1 on the query and value projections), because a full
+  fine-tune saved a 538 MB copy of the model per cell and as much again in the training
+  cache; a LoRA cell saves the adapters (about 0.9 MB for SmolLM2-135M) and the base's name
+  and digest. ``adapter="full"`` restores the paper's full fine-tune, saved whole.
+- Learning rate and batch size at the pretrained scale (`Aligner.pretrained_presets`, used
+  instead of the zoo-tuned budget values unless set explicitly): with LoRA lr 2e-4 and batch
+  8 (Hu et al. 2021, Table 11, GPT-2 on E2E); with a full fine-tune sft-correction.sh's lr
+  2e-5 (the batch stays the budget's: a few hundred triples give a 32-batch ten steps an epoch).
 """
 
 from __future__ import annotations
@@ -53,8 +64,9 @@ import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from methods.adapters import config_for_model, lora_settings
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
@@ -120,6 +132,28 @@ class AlignerConfig:
     identity_warmup: float = 0.0
     #: answer with the black box's own answer when the rewrite has none (not in the paper).
     fallback: bool = False
+    #: what trains: "full" (all weights, as sft-correction.sh), "lora" (adapters, base
+    #: frozen), or "auto": full for a zoo corrector, LoRA for a pretrained one (not in the
+    #: paper; see the module docstring).
+    adapter: Literal["auto", "full", "lora"] = "auto"
+    #: LoRA rank r: 4 (Hu et al. 2021, Table 11, GPT-2 M/L on E2E).
+    lora_rank: int = 4
+    #: LoRA α: 32 (ibid.).
+    lora_alpha: int = 32
+    #: LoRA dropout: 0.1 (ibid.).
+    lora_dropout: float = 0.1
+    #: adapted modules; None: peft's default per architecture, the query and value
+    #: projections (the paper's W_q, W_v, Section 7.1).
+    lora_targets: tuple[str, ...] | None = None
+
+
+#: hyperparameters of a pretrained corrector, by adapter (`methods.adapters.config_for_model`).
+PRETRAINED_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    # Hu et al. 2021, Table 11 (GPT-2 M/L, E2E): lr 2e-4, batch 8.
+    "lora": {"lr": 2e-4, "batch_size": 8},
+    # sft-correction.sh: --learning_rate 2e-5 (a full fine-tune of a pretrained model).
+    "full": {"lr": 2e-5},
+}
 
 
 @register_method("aligner")
@@ -132,6 +166,7 @@ class Aligner(BlackBoxTuner):
     uses_white_box: ClassVar[bool] = True
     companions: ClassVar[Mapping[str, CompanionRole]] = {"corrector": "corrector"}
     variant: str | None = None
+    pretrained_presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRETRAINED_PRESETS
     # Budget presets: questions (= tuning calls) within 400 / 2,000 / 10,000. The learning
     # rate is raised from the official 2e-5 (for a pretrained multi-billion model) to 3e-4
     # and batches shrunk so a few hundred triples still make ~100 steps: of 2e-5, 3e-4 and
@@ -180,8 +215,18 @@ class Aligner(BlackBoxTuner):
         proposer: BlackBox | None = None,
         context: TuneContext | None = None,
     ) -> AdaptedPolicy:
-        cfg = self.config
         ctx = context or TuneContext()
+        model_dir = ctx.resolve_model(self.config.corrector)
+        cfg, adapter, scaled = config_for_model(
+            self.config,
+            model_dir,
+            table=self.pretrained_presets,
+            explicit=self.explicit,
+            who="aligner",
+        )
+        if adapter == "lora" or scaled:
+            ctx.on_event("corrector", {"adapter": adapter, **scaled})
+        self.config = cfg  # the record shows the values trained with
         rng = random.Random(ctx.seed)
         questions = rng.sample(list(train), questions_used(train, self.config.n_questions))
         sampled = cfg.answers_per_question > 1
@@ -213,8 +258,12 @@ class Aligner(BlackBoxTuner):
         )
         template = correction_template(cfg.template)
         corrector = Corrector.load(
-            ctx.resolve_model(cfg.corrector), template, max_length=cfg.max_length, device=ctx.device
+            model_dir, template, max_length=cfg.max_length, device=ctx.device
         )
+        if adapter == "lora":
+            corrector.use_lora(
+                lora_settings(cfg), base=cfg.corrector, base_dir=model_dir, seed=ctx.seed
+            )
         settings = TrainSettings(
             epochs=cfg.epochs,
             lr=cfg.lr,
@@ -247,6 +296,8 @@ class Aligner(BlackBoxTuner):
                 "settings": settings,
                 "identity_warmup": cfg.identity_warmup,
                 "seed": ctx.seed,
+                # alpha and dropout are not in the state the key digests
+                **({"lora": lora_settings(cfg)} if adapter == "lora" else {}),
             },
             state=[corrector.model],
         )

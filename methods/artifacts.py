@@ -7,6 +7,10 @@ seed), the state it starts from (module weights, optimizer and scheduler state),
 torch random state, and the code. `TrainingCache.run` keys an entry by all of these and stores
 what comes out (the state afterwards, the random state afterwards, the step's JSON result and
 the compute it cost), so a hit leaves the process exactly as running the step would have.
+Of a module with frozen parameters (a pretrained model carrying LoRA adapters) an entry keeps
+only the trainable parameters: the frozen ones are the same after the step as before, and
+the key already holds their digest. An entry of a LoRA-tuned SmolLM2-135M is then a few
+hundred kilobytes rather than the model's 538 MB.
 
 Entries are a safetensors file of tensors plus a JSON file (never pickle), written to a
 temporary directory and renamed into place: concurrent workers (Ray) see a whole entry or
@@ -107,6 +111,27 @@ def state_digest(objects: Sequence[Stateful]) -> str:
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(_tensor_bytes(t))
     return h.hexdigest()
+
+
+def stored_state(obj: Stateful) -> tuple[Mapping[str, Any], bool]:
+    """What an entry keeps of ``obj``, and whether that is part of its state dict: a module
+    with both frozen and trainable parameters keeps its trainable parameters only (training
+    changes nothing else of it); anything else keeps its whole state dict."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        params = dict(obj.named_parameters())
+        trainable = {name: p for name, p in params.items() if p.requires_grad}
+        if trainable and len(trainable) < len(params):
+            return trainable, True
+    return obj.state_dict(), False
+
+
+def _load_partial(obj: Any, state: Mapping[str, Any]) -> None:
+    """Load the trainable parameters ``state`` into ``obj``, refusing unknown names."""
+    result = obj.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"training cache: unknown parameters {result.unexpected_keys[:3]}")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -265,9 +290,13 @@ class TrainingCache:
             tensors = load_file(str(directory / "state.safetensors"))
         except (OSError, ValueError, SafetensorError):
             return None  # absent or damaged: the step runs and its entry is written again
-        for obj, skeleton in zip(state, entry["state"], strict=True):
+        partial = entry.get("partial", [False] * len(state))
+        for obj, skeleton, part in zip(state, entry["state"], partial, strict=True):
             restored = unflatten(skeleton, tensors)
-            obj.load_state_dict(restored)
+            if part:
+                _load_partial(obj, restored)
+            else:
+                obj.load_state_dict(restored)
         for obj, training in zip(state, entry["training"], strict=True):
             if training is not None:
                 obj.train(training)  # type: ignore[attr-defined]
@@ -286,12 +315,14 @@ class TrainingCache:
         from safetensors.torch import save_file
 
         tensors: dict[str, Any] = {}
-        skeletons = [flatten(obj.state_dict(), tensors, f"s{i}") for i, obj in enumerate(state)]
+        kept = [stored_state(obj) for obj in state]
+        skeletons = [flatten(part, tensors, f"s{i}") for i, (part, _) in enumerate(kept)]
         tensors.update({k: v.clone() for k, v in _rng_states(device).items()})
         entry = {
             "label": label,
             "result": result,
             "state": skeletons,
+            "partial": [is_partial for _, is_partial in kept],
             "training": [getattr(obj, "training", None) for obj in state],
             "cost": cost,
             "created": time.time(),

@@ -522,6 +522,11 @@ class BlackBoxTuner(ABC):
         except TypeError as exc:
             valid = ", ".join(f.name for f in dataclasses.fields(self.Config))
             raise BenchError(f"{self.name}: bad hyperparameter ({exc}); valid: {valid}") from exc
+        #: the Config fields set by the caller, which scale-dependent defaults (a method's
+        #: ``pretrained_presets``) leave alone; a whole ``config`` counts as set throughout.
+        self.explicit: frozenset[str] = frozenset(
+            [f.name for f in dataclasses.fields(self.config)] if config is not None else overrides
+        )
 
     @classmethod
     def from_budget(cls, budget: str, **overrides: Any) -> BlackBoxTuner:
@@ -530,7 +535,9 @@ class BlackBoxTuner(ABC):
             raise BenchError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
         preset = {} if budget == "paper" else dict(cls.presets.get(budget, {}))
         preset.update(overrides)
-        return cls(**preset)
+        tuner = cls(**preset)
+        tuner.explicit = frozenset(overrides)  # the budget's own values are not the user's
+        return tuner
 
     def unsupported(self, task: TaskLike) -> str | None:
         """What ``task`` lacks for this method (e.g. "a classification task with label

@@ -52,6 +52,14 @@ Choices (no official code):
   as for Aligner: ORPO's 5e-6 is for a pretrained 7B model (see `methods.aligner`).
 - Inputs are sampled chains (T = 1) in training and the greedy chain at inference, as the
   paper's pipeline implies; the dev split is unused (fixed epochs).
+- LoRA for pretrained correctors (``adapter="auto"``, as Aligner's, `methods.adapters`): the
+  paper's ORPO fine-tunes all weights; a zoo corrector still does, a pretrained one (SmolLM2-
+  135M and up) trains LoRA adapters (Hu et al. 2021, Table 11: r 4, α 32, dropout 0.1 on the
+  query and value projections) and a cell saves those (under 1 MB) instead of a 538 MB copy.
+  ``adapter="full"`` restores the full fine-tune, saved whole.
+- Learning rate and batch size at the pretrained scale (`CoBB.pretrained_presets`, instead of
+  the zoo-tuned budget values unless set explicitly): with LoRA lr 2e-4 and batch 8 (Hu et
+  al. 2021, Table 11); with a full fine-tune ORPO's lr 5e-6 (run_mistral_orpo_beta.sh).
 """
 
 from __future__ import annotations
@@ -59,10 +67,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from methods.adapters import config_for_model, lora_settings
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
@@ -149,6 +158,26 @@ class CoBBConfig:
     max_length: int = 2048
     #: answer with the black box's own answer when the rewrite has none (not in the paper).
     fallback: bool = False
+    #: what trains: "full" (all weights, as ORPO), "lora" (adapters, base frozen), or
+    #: "auto": full for a zoo corrector, LoRA for a pretrained one (ours; module docstring).
+    adapter: Literal["auto", "full", "lora"] = "auto"
+    #: LoRA rank r: 4 (Hu et al. 2021, Table 11, GPT-2 M/L on E2E).
+    lora_rank: int = 4
+    #: LoRA α: 32 (ibid.).
+    lora_alpha: int = 32
+    #: LoRA dropout: 0.1 (ibid.).
+    lora_dropout: float = 0.1
+    #: adapted modules; None: peft's default per architecture (query and value projections).
+    lora_targets: tuple[str, ...] | None = None
+
+
+#: hyperparameters of a pretrained corrector, by adapter (`methods.adapters.config_for_model`).
+PRETRAINED_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    # Hu et al. 2021, Table 11 (GPT-2 M/L, E2E): lr 2e-4, batch 8.
+    "lora": {"lr": 2e-4, "batch_size": 8},
+    # run_mistral_orpo_beta.sh: --lr 5e-6 (a full fine-tune of a pretrained model).
+    "full": {"lr": 5e-6},
+}
 
 
 @dataclass(frozen=True)
@@ -175,6 +204,7 @@ class CoBB(BlackBoxTuner):
     uses_white_box: ClassVar[bool] = True
     companions: ClassVar[Mapping[str, CompanionRole]] = {"corrector": "corrector"}
     variant: str | None = None
+    pretrained_presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRETRAINED_PRESETS
     # Questions (= tuning calls, each with n = K) within 400 / 2,000 / 10,000. Learning rate
     # and template as Aligner's presets (zoo-small, 192-token context); fewer epochs than
     # ORPO's 5 because each tuple costs two sequences.
@@ -238,6 +268,13 @@ class CoBB(BlackBoxTuner):
                 f"cobb: gold_positive {cfg.gold_positive!r}; valid: {', '.join(GOLD_POSITIVE)}"
             )
         ctx = context or TuneContext()
+        model_dir = ctx.resolve_model(cfg.corrector)
+        cfg, adapter, scaled = config_for_model(
+            cfg, model_dir, table=self.pretrained_presets, explicit=self.explicit, who="cobb"
+        )
+        if adapter == "lora" or scaled:
+            ctx.on_event("corrector", {"adapter": adapter, **scaled})
+        self.config = cfg  # the record shows the values trained with
         self.variant = None
         rng = random.Random(ctx.seed)
         questions = rng.sample(list(train), questions_used(train, self.config.n_questions))
@@ -251,11 +288,15 @@ class CoBB(BlackBoxTuner):
             seed=ctx.seed,
         )
         corrector = Corrector.load(
-            ctx.resolve_model(cfg.corrector),
+            model_dir,
             correction_template(cfg.template),
             max_length=cfg.max_length,
             device=ctx.device,
         )
+        if adapter == "lora":
+            corrector.use_lora(
+                lora_settings(cfg), base=cfg.corrector, base_dir=model_dir, seed=ctx.seed
+            )
         collection = collect_tuples(
             questions,
             [[c.text for c in outs] for outs in chains],
@@ -315,7 +356,9 @@ class CoBB(BlackBoxTuner):
             schedule=cfg.schedule,
             warmup_steps=cfg.warmup_steps,
         )
-        inputs = {"settings": settings, "seed": ctx.seed}
+        inputs: dict[str, Any] = {"settings": settings, "seed": ctx.seed}
+        if adapter == "lora":  # alpha and dropout are not in the state the key digests
+            inputs["lora"] = lora_settings(cfg)
         if subset:
             ctx.train(
                 "train corrector",

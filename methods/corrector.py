@@ -29,6 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from methods.adapters import (
+    LoraSettings,
+    adapter_base,
+    attach_lora,
+    is_adapter_dir,
+    load_adapter,
+    save_adapter,
+)
 from methods.base import (
     AdaptedPolicy,
     BlackBox,
@@ -208,6 +216,16 @@ class Corrector:
             raise BenchError("corrector tokenizer has no EOS token")
         self.eos = int(eos)
         self._fixed = [self._encode(t) for t in (template.head, template.sep, template.tail)]
+        #: peft's wrapper when the model carries LoRA adapters (`use_lora`), else None.
+        self.peft: Any = None
+        #: the base model's (name, directory) under the adapters.
+        self.base: tuple[str, Path] | None = None
+
+    def use_lora(self, settings: LoraSettings, *, base: str, base_dir: Path, seed: int) -> None:
+        """Freeze the model and train LoRA adapters instead (`methods.adapters`); the
+        corrector then saves only the adapters and the base's name and digest."""
+        self.peft = attach_lora(self.model, settings, seed=seed)
+        self.base = (base, Path(base_dir))
 
     @contextlib.contextmanager
     def threads(self) -> Iterator[None]:
@@ -232,11 +250,19 @@ class Corrector:
     def load(
         cls, path: Path, template: CorrectionTemplate, *, max_length: int = 2048, device: str
     ) -> Corrector:
-        """Load a local transformers model directory (never downloads)."""
+        """Load a local transformers model directory (never downloads), or a saved adapter
+        directory: its base model (refused when its weights changed), adapters injected."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not Path(path).is_dir():
             raise BenchError(f"corrector model {path}: not a local model directory")
+        if is_adapter_dir(path):
+            name, base_dir = adapter_base(path, who="corrector")
+            corrector = cls.load(base_dir, template, max_length=max_length, device=device)
+            corrector.peft = load_adapter(corrector.model, path)
+            corrector.base = (name, base_dir)
+            corrector.model.eval()
+            return corrector
         with _no_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
@@ -245,7 +271,11 @@ class Corrector:
         return cls(model, tokenizer, template, max_length=max_length, device=device)
 
     def save(self, directory: Path) -> None:
-        """The model (safetensors) and tokenizer, in transformers format."""
+        """The model (safetensors) and tokenizer, in transformers format; with LoRA, the
+        adapters only (`methods.adapters.save_adapter`)."""
+        if self.peft is not None and self.base is not None:
+            save_adapter(self.peft, directory, base=self.base[0], base_dir=self.base[1])
+            return
         with _no_progress_bars():
             self.model.save_pretrained(directory)
             self.tokenizer.save_pretrained(directory)

@@ -36,6 +36,17 @@ Deviations, and why:
 - No weight decay, no gradient clipping, float32 on CPU (the official run: bf16, DeepSpeed).
 - Answers are capped at the task's ``max_tokens`` (the official 512 for GSM is its answer
   length) and by the context windows of all three models.
+- LoRA for a pretrained expert (``adapter="auto"``, `methods.adapters`): the paper fine-tunes
+  all of Llama-2-7B; a zoo ``base`` still is fully fine-tuned (the committed baselines), a
+  pretrained one (``smollm2-135m-slice8`` for SmolLM2) trains LoRA adapters (Hu et al. 2021,
+  Table 11: r 4, α 32, dropout 0.1 on the query and value projections), and the policy saves
+  the adapters (the anti-expert is their base, recorded with its digest) instead of a copy of
+  the model. ``adapter="full"`` restores the full fine-tune, saved whole.
+- Learning rate and batch size at the pretrained scale (`ProxyTuning.pretrained_presets`,
+  instead of the zoo-tuned budget values unless set explicitly): with LoRA lr 2e-4 and batch
+  8 (Hu et al. 2021, Table 11); with a full fine-tune the official lr 2e-5
+  (finetune_with_accelerate.sh; the batch stays the budget's 16, as a few hundred examples
+  give a 128-batch two steps an epoch).
 - No tuning calls: the black box is not used to tune (the paper's expert is tuned without
   it). Each test example costs one black-box call per decoded token (``plan`` reports the
   upper bound, ``max_new_tokens`` per example), plus two small-model forward passes.
@@ -48,8 +59,18 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from methods.adapters import (
+    adapter_base,
+    attach_lora,
+    config_for_model,
+    is_adapter_dir,
+    load_adapter,
+    lora_settings,
+    save_adapter,
+    trainable_parameters,
+)
 from methods.base import (
     LOGPROBS,
     NEXT_TOKEN_LOGITS,
@@ -122,6 +143,27 @@ class ProxyTuningConfig:
     top_logprobs: int = 5
     #: use the top-k approximation even where the full distribution is served.
     top_k_only: bool = False
+    #: what trains in the expert: "full" (all weights, as the official script), "lora"
+    #: (adapters, base frozen), or "auto": full for a zoo ``base``, LoRA for a pretrained one
+    #: (ours; see the module docstring).
+    adapter: Literal["auto", "full", "lora"] = "auto"
+    #: LoRA rank r: 4 (Hu et al. 2021, Table 11, GPT-2 M/L on E2E).
+    lora_rank: int = 4
+    #: LoRA α: 32 (ibid.).
+    lora_alpha: int = 32
+    #: LoRA dropout: 0.1 (ibid.).
+    lora_dropout: float = 0.1
+    #: adapted modules; None: peft's default per architecture (query and value projections).
+    lora_targets: tuple[str, ...] | None = None
+
+
+#: hyperparameters of a pretrained expert, by adapter (`methods.adapters.config_for_model`).
+PRETRAINED_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    # Hu et al. 2021, Table 11 (GPT-2 M/L, E2E): lr 2e-4, batch 8.
+    "lora": {"learning_rate": 2e-4, "batch_size": 8},
+    # scripts/finetune_with_accelerate.sh: lr 2e-5 (a full fine-tune of a pretrained model).
+    "full": {"learning_rate": 2e-5},
+}
 
 
 @register_method("proxy-tuning", "proxy_tuning")
@@ -134,6 +176,7 @@ class ProxyTuning(BlackBoxTuner):
     uses_white_box = True
     companions: ClassVar[Mapping[str, CompanionRole]] = {"base": "token", "expert": "token"}
     variant: str | None = None
+    pretrained_presets: ClassVar[Mapping[str, Mapping[str, Any]]] = PRETRAINED_PRESETS
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "light": {
             "learning_rate": 1e-3,
@@ -188,16 +231,29 @@ class ProxyTuning(BlackBoxTuner):
         check_models(backend, {"anti_expert": anti_expert}, who="proxy-tuning", top_k_only=top_k)
         instruction = task_instruction(task, cfg.instruction_index)
         expert_dir: Path | None = None
+        expert_peft: Any = None
         if cfg.expert is not None:
             expert_dir = ctx.resolve_model(cfg.expert)
             expert = LocalLM.load(expert_dir, device=device)
         else:
             if not train:
                 raise BenchError("proxy-tuning: no training examples to fine-tune the expert on")
+            cfg, adapter, scaled = config_for_model(
+                cfg,
+                anti_dir,
+                table=self.pretrained_presets,
+                explicit=self.explicit,
+                who="proxy-tuning",
+            )
+            if adapter == "lora" or scaled:
+                ctx.on_event("proxy_tuning_adapter", {"adapter": adapter, **scaled})
+            self.config = cfg  # the record shows the values trained with
             examples = list(train)
             random.Random(ctx.seed).shuffle(examples)
             examples = examples[: cfg.max_train_examples or len(examples)]
             expert = LocalLM.load(anti_dir, device=device)
+            if adapter == "lora":
+                expert_peft = attach_lora(expert.model, lora_settings(cfg), seed=ctx.seed)
             sequences = [
                 training_sequence(expert, task.render(ex, instruction=instruction), task, ex)
                 for ex in examples
@@ -209,6 +265,8 @@ class ProxyTuning(BlackBoxTuner):
                 "warmup_ratio": cfg.warmup_ratio,
                 "seed": ctx.seed,
             }
+            # alpha and dropout are not in the state the training cache's key digests
+            lora = {"lora": lora_settings(cfg)} if adapter == "lora" else {}
             losses = ctx.train(
                 "fine-tune expert",
                 lambda: finetune(
@@ -219,7 +277,7 @@ class ProxyTuning(BlackBoxTuner):
                         "proxy_tuning_epoch", {"epoch": epoch, "loss": round(loss, 4)}
                     ),
                 ),
-                inputs={"sequences": sequences, **settings},
+                inputs={"sequences": sequences, **settings, **lora},
                 state=[expert.model],
             )
             ctx.on_event(
@@ -245,6 +303,7 @@ class ProxyTuning(BlackBoxTuner):
             expert_dir=str(Path(expert_dir).resolve()) if expert_dir is not None else None,
             expert_digest=weights_digest(expert_dir) if expert_dir is not None else None,
             models={"expert": expert, "anti_expert": anti_expert},
+            expert_peft=expert_peft,
         )
 
 
@@ -289,7 +348,7 @@ def finetune(
     torch.manual_seed(seed)
     model = lm.model
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=learning_rate, weight_decay=0.0)
     per_epoch = math.ceil(len(sequences) / batch_size)
     total = max(1, per_epoch * epochs)
     warmup = math.ceil(total * warmup_ratio)
@@ -346,6 +405,8 @@ class ProxyTuningPolicy(DecodingPolicy):
             in the policy's directory (``expert/``, safetensors).
         expert_digest: the off-the-shelf expert's weights' digest.
         models: the loaded local models ("expert", "anti_expert").
+        expert_peft: peft's wrapper of a LoRA-tuned expert (saved as its adapters, on the
+            anti-expert as base), else None.
     """
 
     kind: ClassVar[str] = "proxy-tuning"
@@ -356,6 +417,7 @@ class ProxyTuningPolicy(DecodingPolicy):
     expert_dir: str | None = None
     expert_digest: str | None = None
     models: dict[str, LocalLM] = field(default_factory=dict, repr=False, compare=False)
+    expert_peft: Any = field(default=None, repr=False, compare=False)
 
     def white_boxes(self) -> Mapping[str, LocalLM]:
         return self.models
@@ -365,7 +427,14 @@ class ProxyTuningPolicy(DecodingPolicy):
         return lambda d: proxy_scores(d[BLACK_BOX], d["expert"], d["anti_expert"], alpha)
 
     def save_tensors(self, directory: Path) -> None:
-        if self.expert_dir is None:
+        if self.expert_dir is None and self.expert_peft is not None:
+            save_adapter(
+                self.expert_peft,
+                directory / EXPERT_DIR,
+                base=self.anti_expert,
+                base_dir=self.anti_expert_dir,
+            )
+        elif self.expert_dir is None:
             self.models["expert"].save(directory / EXPERT_DIR)
 
     def to_json(self) -> dict[str, Any]:
@@ -383,10 +452,17 @@ class ProxyTuningPolicy(DecodingPolicy):
     def from_json(cls, data: Mapping[str, Any], directory: Path) -> ProxyTuningPolicy:
         device = default_device()
         expert_dir = data.get("expert_dir")
+        expert_peft = None
         if expert_dir is None:
             if not (directory / EXPERT_DIR).is_dir():
                 raise BenchError(f"proxy-tuning: no expert weights under {directory}")
-            expert = LocalLM.load(directory / EXPERT_DIR, device=device)
+            if is_adapter_dir(directory / EXPERT_DIR):
+                _, base_dir = adapter_base(directory / EXPERT_DIR, who=cls.kind)
+                expert = LocalLM.load(base_dir, device=device)
+                expert_peft = load_adapter(expert.model, directory / EXPERT_DIR)
+                expert.model.eval()
+            else:
+                expert = LocalLM.load(directory / EXPERT_DIR, device=device)
         else:
             expert = load_recorded(
                 expert_dir, data.get("expert_digest"), role="expert", who=cls.kind, device=device
@@ -411,4 +487,5 @@ class ProxyTuningPolicy(DecodingPolicy):
             expert_dir=expert_dir,
             expert_digest=data.get("expert_digest"),
             models={"expert": expert, "anti_expert": anti_expert},
+            expert_peft=expert_peft,
         )

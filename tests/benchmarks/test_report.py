@@ -417,6 +417,8 @@ def test_report_of_a_real_run(
         page = (tmp_path / "reports" / "cells" / f"{record.cell_id}.html").read_text()
         for pred in store.predictions(record.cell_id):
             assert f">{pred['id']}<" in page
+        assert record.artifact_bytes  # policy.json at least
+        assert f"<td>{record.artifact_bytes:,} bytes</td>" in page
     md = files.markdown.read_text()
     assert "| zero-shot | generate |" in md and "+0.000 [+0.000, +0.000]" in md
     _check_links(files.html)

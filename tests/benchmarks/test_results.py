@@ -138,3 +138,21 @@ def test_a_run_directory_that_cannot_be_locked_is_one_error(
     with pytest.raises(BenchError, match="cannot lock the run directory"):
         with RunStore(tmp_path / "ro").lock():
             pass
+
+
+def test_a_record_keeps_the_bytes_its_cell_saved_and_old_records_load(tmp_path: Path) -> None:
+    from benchmarks.results import directory_bytes
+
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "policy.json").write_bytes(b"x" * 10)
+    (tmp_path / "a" / "sub" / "w.safetensors").write_bytes(b"y" * 32)
+    assert directory_bytes(tmp_path / "a") == 42
+    assert directory_bytes(tmp_path / "missing") is None
+    store = RunStore(tmp_path / "run")
+    store.write_spec({"run_id": "run"})
+    rec = _record("c1").model_copy(update={"artifact_bytes": 42})
+    store.write_cell(rec)
+    assert store.read_cell("c1").artifact_bytes == 42  # type: ignore[union-attr]
+    old = json.loads(store.root.joinpath("cells", "c1.json").read_text())
+    del old["artifact_bytes"]
+    assert CellRecord.model_validate(old).artifact_bytes is None

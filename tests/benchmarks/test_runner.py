@@ -387,6 +387,18 @@ def test_a_replay_from_a_warm_cache_never_starts_the_zoo_server(
     assert started == [True, False]
 
 
+def test_a_cell_records_the_bytes_of_its_artifacts(tmp_path: Path, model_dir: Path) -> None:
+    from benchmarks.perf import suite_config
+    from benchmarks.results import directory_bytes
+    from benchmarks.runner import Runner
+
+    config = suite_config(tmp_path, "bytes", model=str(model_dir), methods=["zero-shot"], limit=3)
+    with Runner(config) as runner:
+        (record,) = runner.run(runner.plan())
+    (artifacts,) = list(tmp_path.rglob(f"artifacts/{record.cell_id}"))
+    assert record.artifact_bytes == directory_bytes(artifacts) > 0
+
+
 def test_no_training_cache_trains_every_time_and_keeps_the_rest_cached(tmp_path: Path) -> None:
     from benchmarks.cli import build_parser, run_config_from_args
 

@@ -177,3 +177,40 @@ def test_a_half_written_entry_is_a_miss(tmp_path: Path) -> None:
     assert meter.ran == ["t", "t"]
     assert cache.run("t", lambda: 1, inputs=1, state=[], meter=meter) == 1  # rewritten whole
     assert meter.ran == ["t", "t"] and cache.hits == 1
+
+
+def test_a_module_with_frozen_weights_is_stored_as_its_trainable_ones(tmp_path: Path) -> None:
+    """LoRA's case: the frozen base is in the key, not in the entry; a hit restores the
+    trainable weights and leaves the frozen ones as they are."""
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
+        net[0].requires_grad_(False)
+        return net
+
+    def step(net: torch.nn.Module) -> Callable[[], list[float]]:
+        def run() -> list[float]:
+            opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+            loss = net(torch.ones(3, 64)).pow(2).sum()
+            loss.backward()
+            opt.step()
+            return [float(loss.detach())]
+
+        return run
+
+    cache = TrainingCache(tmp_path)
+    trained = model()
+    torch.manual_seed(1)
+    first = cache.run("t", step(trained), inputs={}, state=[trained], meter=Meter())
+    (entry,) = list(tmp_path.glob("*/*/entry.json"))
+    assert json.loads(entry.read_text())["partial"] == [True]
+    stored = (entry.parent / "state.safetensors").stat().st_size
+    assert stored < 64 * 64 * 4  # the frozen 64x64 layer is not in it
+    replayed = model()
+    torch.manual_seed(1)
+    assert cache.run("t", step(replayed), inputs={}, state=[replayed], meter=Meter()) == first
+    assert cache.hits == 1
+    want, got = trained.state_dict(), replayed.state_dict()
+    assert all(torch.equal(want[name], got[name]) for name in want)
+    assert not torch.equal(want["1.weight"], model().state_dict()["1.weight"])  # it trained
