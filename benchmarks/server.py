@@ -1023,6 +1023,21 @@ def served_capabilities(grey_box: bool) -> list[str]:
     return [GENERATE, LOGPROBS, SCORE] + ([NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else [])
 
 
+def ready_lines(*, host: str, port: int, model_name: str, grey_box: bool, api_key: bool) -> str:
+    """What the server prints once it is ready: where, what, and whether a key is needed."""
+    url_host = f"[{host.strip('[]')}]" if ":" in host else host
+    capabilities = ", ".join(served_capabilities(grey_box))
+    key = (
+        f"an api key is required (Authorization: Bearer, the value of ${API_KEY_ENV})"
+        if api_key
+        else f"no api key (set ${API_KEY_ENV} to require one; loopback only without one)"
+    )
+    return (
+        f"serving {model_name} at http://{url_host}:{port}/v1 (capabilities: {capabilities})\n"
+        f"  {key}; Ctrl-C stops"
+    )
+
+
 def start_server(
     model_dir: Path | str,
     *,
@@ -1254,6 +1269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
         )
         config = uvicorn.Config(app, log_level="warning", access_log=False)
+        print(
+            ready_lines(
+                host=args.host,
+                port=sock.getsockname()[1],
+                model_name=args.model_name or model_dir.name,
+                grey_box=args.grey_box,
+                api_key=bool(api_key),
+            ),
+            flush=True,
+        )
         uvicorn.Server(config).run(sockets=[sock])
     return 0
 

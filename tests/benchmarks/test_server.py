@@ -608,3 +608,15 @@ def test_a_long_generation_stops_when_told(engine: HFEngine) -> None:
     with pytest.raises(GenerationCancelled):
         engine.generate(["yes"] * 100, n=2, temperature=1.0, max_tokens=50, should_stop=stop)
     assert steps == 4  # noticed between decoding steps, not after the 200 rows
+
+
+def test_ready_line_names_address_model_capabilities_and_key(server: ServerHandle) -> None:
+    """`bench serve` says once it is ready where it listens, what it serves and whether a
+    key is needed (never the key itself)."""
+    log = server.log_tail(50)
+    assert server.base_url in log, log
+    ready = [line for line in log.splitlines() if server.base_url in line]
+    assert len(ready) == 1 and MODEL in ready[0]
+    assert "next_token_logits" in log and "generate" in log
+    assert API_KEY_ENV in log and "required" in log
+    assert KEY not in log
