@@ -282,6 +282,18 @@ def summarize(
                     "usd": _dollars(chosen, prices),
                 }
             out[flavour][phase] = block
+    # By phase, the models without a price: they make that phase's dollars n/a. A phase
+    # that made no call takes the cell's (zero-shot tuning on an unpriced model is n/a,
+    # not $0, which would read as a price of nothing).
+    unpriced = {c.model for c in calls if not prices.has(c.model)}
+    out["unpriced_models"] = {
+        phase: sorted(
+            {c.model for c in calls if c.phase == phase and c.model in unpriced}
+            if any(c.phase == phase for c in calls)
+            else unpriced
+        )
+        for phase in PHASES
+    }
     out["cache_hits"] = sum(1 for c in calls if c.cached)
     out["calls"] = len(calls)
     out["retries"] = sum(c.retries for c in calls)
@@ -347,8 +359,12 @@ def total_tokens(summary: dict[str, Any], flavour: str = "billed", phase: str | 
 def total_usd(
     summary: dict[str, Any], flavour: str = "billed", phase: str | None = None
 ) -> float | None:
-    """Dollars in a `summarize` result, all roles, one phase or both; None if any is unpriced."""
+    """Dollars in a `summarize` result, all roles, one phase or both; None if a model of
+    those phases is unpriced (`summarize`'s ``unpriced_models``)."""
     phases = [phase] if phase else list(PHASES)
+    unpriced = summary.get("unpriced_models") or {}
+    if any(unpriced.get(p) for p in phases):
+        return None
     total = 0.0
     for p in phases:
         for role in summary.get(flavour, {}).get(p, {}).values():
