@@ -23,6 +23,7 @@ import binascii
 import functools
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -293,6 +294,7 @@ class MeteredBlackBox:
                 latency_s=latency_s,
                 samples=samples,
                 retries=retries,
+                answered_at=0.0 if cached else time.perf_counter(),
             )
         )
 

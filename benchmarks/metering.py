@@ -54,9 +54,10 @@ class CallRecord:
     prompt_tokens: int
     completion_tokens: int
     cached: bool
-    latency_s: float
+    latency_s: float  # this request's send-to-answer seconds (concurrent ones overlap)
     samples: int = 1
     retries: int = 0
+    answered_at: float = 0.0  # time.perf_counter() at the answer; 0: unknown (old records)
 
 
 @dataclass(frozen=True)
@@ -297,9 +298,33 @@ def summarize(
     out["cache_hits"] = sum(1 for c in calls if c.cached)
     out["calls"] = len(calls)
     out["retries"] = sum(c.retries for c in calls)
-    out["latency_s"] = round(sum(c.latency_s for c in calls if not c.cached), 3)
+    # Concurrent requests overlap: their latencies summed can be many times the wall time.
+    out["request_wall_s"] = round(_request_wall_s([c for c in calls if not c.cached]), 3)
+    out["request_latency_sum_s"] = round(sum(c.latency_s for c in calls if not c.cached), 3)
     out["compute"] = _compute_summary(list(computes))
     return out
+
+
+def _request_wall_s(calls: list[CallRecord]) -> float:
+    """Wall seconds with at least one request in flight: the union of the requests'
+    intervals (a record without an answer time counts its whole latency)."""
+    spans = sorted((c.answered_at - c.latency_s, c.answered_at) for c in calls if c.answered_at)
+    total = sum(c.latency_s for c in calls if not c.answered_at)
+    end = float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def request_seconds(usage: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(wall seconds with a request in flight, per-request latencies summed) of a cell's
+    usage; records written before the two were told apart hold only the sum (``latency_s``),
+    and their wall time is unknown (None)."""
+    if "request_latency_sum_s" in usage:
+        return usage.get("request_wall_s"), usage["request_latency_sum_s"]
+    return None, usage.get("latency_s")
 
 
 def _dollars(calls: list[CallRecord], prices: PriceTable) -> float | None:
