@@ -90,6 +90,15 @@ class RunConsole:
                 leave=False,
                 file=sys.stderr,
             )
+        elif event == "phase_progress":
+            state = "done" if fields["done"] else "so far"
+            counts = f"{fields['calls']:,} calls, {fields['tokens']:,} billed tokens"
+            if self.disable:  # a log: one line, never a carriage-return bar
+                self.console.print(
+                    f"  {fields['cell']}: {fields['phase']} {state}: {counts}", markup=False
+                )
+            elif self.bar is not None:
+                self.bar.set_postfix_str(f"{fields['phase']}: {counts}")
         elif event == "eval_progress" and self.bar is not None:
             self.bar.n = fields["done"]
             self.bar.set_postfix(tokens=fields["tokens"], usd=fmt_usd(fields["usd"]))

@@ -26,7 +26,7 @@ import math
 import resource
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -153,10 +153,21 @@ class UsageMeter:
         self.call_s: dict[str, float] = {}
         self._inside = {"wait": 0, "call": 0}
         self._since = {"wait": 0.0, "call": 0.0}
+        #: called (outside the lock) after each call is recorded, e.g. to show progress.
+        self.on_record: Callable[[], None] | None = None
 
     def record(self, rec: CallRecord) -> None:
         with self._lock:
             self.calls.append(rec)
+        if self.on_record is not None:
+            self.on_record()
+
+    def progress(self, phase: str) -> tuple[int, int]:
+        """(calls, billed tokens) of one phase so far, all roles, cache hits counted as calls
+        but not as tokens."""
+        with self._lock:
+            calls = [c for c in self.calls if c.phase == phase]
+        return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls if not c.cached)
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:

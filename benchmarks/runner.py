@@ -27,6 +27,7 @@ import math
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -83,6 +84,8 @@ from methods.base import (
 )
 from methods.registry import BenchError
 
+#: the shortest interval between two progress lines of a cell phase (plus one as it ends).
+PROGRESS_EVERY_S = 10.0
 EVAL_BATCH = 32  # examples per predict call: the progress granularity, not a model batch size
 #: backend options that change how or where calls are made, not what they return (the
 #: cache identity leaves them out too): a run may be resumed with other values, e.g. against
@@ -666,6 +669,8 @@ class Runner:
             training_cache=self.training_cache,
         )
         self.on_event("cell_start", {"cell": cell.cid, "n_eval": len(splits["test"])})
+        progress = PhaseProgress(self.on_event, cell.cid, meter)
+        meter.on_record = progress.tick
         wall: dict[str, float] = {}
         rows: list[dict[str, Any]] = []
         phase = "tune"
@@ -681,6 +686,7 @@ class Runner:
                 context=context,
             )
             wall["tune"] = round(time.perf_counter() - t0, 3)
+            progress.emit("tune", done=True)
             policy.save(store.artifact_dir(cell.cid))
             if guard.tripped is not None:  # the method caught the refusal and went on
                 raise guard.tripped
@@ -732,6 +738,7 @@ class Runner:
                     },
                 )
             wall["eval"] = round(time.perf_counter() - t0, 3)
+            progress.emit("eval", done=True)
             if guard.tripped is not None:
                 raise guard.tripped
         except BudgetExhausted as exc:
@@ -882,6 +889,29 @@ def _rows(
         }
         for ex, pred in zip(batch[: len(predictions)], predictions, strict=True)
     ]
+
+
+class PhaseProgress:
+    """A cell phase's calls and billed tokens so far, sent as ``phase_progress`` events at
+    most every `PROGRESS_EVERY_S` while calls are recorded, and once as the phase ends."""
+
+    def __init__(self, on_event: EventSink, cell: str, meter: UsageMeter):
+        self.on_event, self.cell, self.meter = on_event, cell, meter
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < PROGRESS_EVERY_S:
+                return
+            self._last = now
+        self.emit(self.meter.phase, done=False)
+
+    def emit(self, phase: str, *, done: bool) -> None:
+        calls, tokens = self.meter.progress(phase)
+        fields = {"cell": self.cell, "phase": phase, "calls": calls, "tokens": tokens}
+        self.on_event("phase_progress", {**fields, "done": done})
 
 
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:

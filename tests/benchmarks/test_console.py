@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from rich.console import Console
 
 from benchmarks.console import RunConsole
 from benchmarks.results import CellRecord, RunStore
+from benchmarks.tiny import tiny_model_dir, torch_threads
+from methods import BlackBoxTuner, register_method
+from methods.base import CallPlan, PromptPolicy
 
 
 def _record(method: str, task: str) -> CellRecord:
@@ -56,3 +60,54 @@ def test_results_table_never_truncates_names_on_a_narrow_terminal(tmp_path: Path
     text = buffer.getvalue()
     for name in ("evoprompt-ga", "evoprompt-de", "zoo-sentiment"):
         assert name in text, text
+
+
+@dataclass(frozen=True)
+class _TunesConfig:
+    #: tuning calls to make (one per train example, the first ones).
+    calls: int = 3
+
+
+@register_method("test-tunes-a-little")
+class _TunesALittle(BlackBoxTuner):
+    """Makes a few tuning calls, then answers zero-shot (test fixture for progress)."""
+
+    Config = _TunesConfig
+    config: _TunesConfig
+
+    def plan(self, *, task, train, dev):  # type: ignore[no-untyped-def]
+        return CallPlan(calls=self.config.calls, samples=self.config.calls)
+
+    def fit(self, train, *, task, backend, dev=None, proposer=None, context=None):  # type: ignore[no-untyped-def]
+        for example in train[: self.config.calls]:
+            backend.generate([example.input], max_tokens=4)
+        return PromptPolicy(instruction=None)
+
+
+def test_progress_while_tuning_is_one_line_per_phase_in_a_log(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redirected output shows each cell's tuning and evaluation as lines with the calls
+    and tokens so far, no carriage-return bar, and no more often than the bound allows."""
+    from benchmarks import runner
+    from benchmarks.cli import main
+
+    monkeypatch.setattr(
+        runner, "PROGRESS_EVERY_S", 3600.0, raising=False
+    )  # only the end-of-phase lines
+    argv = ["run", "--methods", "test-tunes-a-little", "--tasks", "zoo-sentiment"]
+    argv += ["--backend", "hf", "--model", str(tiny_model_dir(tmp_path / "tiny"))]
+    argv += ["--limit", "3", "--results-dir", str(tmp_path / "r"), "--run-id", "p"]
+    argv += ["--cache-dir", str(tmp_path / "c")]
+    with torch_threads(1):
+        assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    tune = [line for line in err.splitlines() if ": tune " in line]
+    evaluation = [line for line in err.splitlines() if ": eval " in line]
+    assert len(tune) == 1 and len(evaluation) == 1, err
+    assert "3 calls" in tune[0] and "billed tokens" in tune[0], tune
+    assert "test-tunes-a-little" in tune[0]
+    assert "3 calls" in evaluation[0], evaluation  # one greedy call per test example
