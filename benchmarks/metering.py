@@ -549,6 +549,17 @@ class SpendingGuard:
                 admitted.append(Reservation(model, tokens, usd))
         return admitted, None
 
+    def admit_retry(self, model: str, calls: int = 1) -> None:
+        """Count a retry's resent calls against the call caps (a cap on calls caps the
+        requests sent); its tokens are already reserved by the call it repeats.
+
+        Raises:
+            BudgetExhausted: the retry would pass a call cap; it is not sent.
+        """
+        _, refusal = self.reserve(model, [(0, 0)] * calls)
+        if refusal is not None:
+            raise refusal
+
     def _refusal(self, tokens: int, usd: float) -> BudgetExhausted | None:
         for scope in ("cell", "run"):
             limits, spent = self.limits[scope], self.spent[scope]

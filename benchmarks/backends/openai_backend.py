@@ -493,10 +493,12 @@ class OpenAIBackend(Backend):
     # -- calls ----------------------------------------------------------------------------
 
     async def _with_retries(
-        self, call: Callable[[], Awaitable[Any]], parse: Callable[[Any], R]
+        self, call: Callable[[], Awaitable[Any]], parse: Callable[[Any], R], calls: int = 1
     ) -> tuple[R, int, float]:
         """``parse(await call())``, retried on transient failures; returns the parsed value,
-        the retries made and the wall seconds. A body ``parse`` cannot read is retried too."""
+        the retries made and the wall seconds. A body ``parse`` cannot read is retried too.
+        Each retry resends ``calls`` prompts, admitted first by `retry_gate` (call caps
+        count requests sent)."""
         import openai
         from tenacity import (
             AsyncRetrying,
@@ -527,6 +529,8 @@ class OpenAIBackend(Backend):
                 reraise=True,
             ):
                 with attempt:
+                    if attempts and self.retry_gate is not None:
+                        self.retry_gate(self.model, calls)  # BudgetExhausted: not retried
                     attempts += 1
                     async with self.limiter.slot() as slot:
                         try:
@@ -683,7 +687,7 @@ class OpenAIBackend(Backend):
             ]
             return samples, _usage_per_prompt(resp, len(rs))
 
-        (samples, usages), retries, latency = await self._with_retries(call, parse)
+        (samples, usages), retries, latency = await self._with_retries(call, parse, len(rs))
         return [
             CallResult(
                 completions,
@@ -732,6 +736,7 @@ class OpenAIBackend(Backend):
                 temperature=0.0,
             ),
             parse,
+            len(rs),
         )
         return [
             CallResult(
@@ -804,6 +809,7 @@ class OpenAIBackend(Backend):
         (rows, total), retries, latency = await self._with_retries(
             lambda: client.post("/bench/next_token_logprobs", cast_to=httpx.Response, body=body),
             parse,
+            len(group),
         )
         shares = [
             total // len(group) + (1 if i < total % len(group) else 0) for i in range(len(group))
