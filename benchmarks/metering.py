@@ -504,7 +504,10 @@ class SpendingGuard:
     ):
         self.prices = prices
         self.limits = {"run": run or Limits(), "cell": cell or Limits()}
+        #: billed plus reserved: what the caps are checked against.
         self.spent = {"run": run_spent or Spend(), "cell": Spend()}
+        #: of `spent`, the upper bounds reserved for calls not settled yet (in flight).
+        self.in_flight = {"run": Spend(), "cell": Spend()}
         #: the first refusal of the current cell, kept even if a method swallowed it.
         self.tripped: BudgetExhausted | None = None
         self._lock = threading.Lock()
@@ -516,6 +519,7 @@ class SpendingGuard:
     def start_cell(self) -> None:
         with self._lock:
             self.spent["cell"] = Spend()
+            self.in_flight["cell"] = Spend()
             self.tripped = None
 
     def _usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
@@ -544,8 +548,9 @@ class SpendingGuard:
                 if refusal is not None:
                     self.tripped = self.tripped or refusal
                     return admitted, refusal
-                for spent in self.spent.values():
-                    spent.add(1, tokens, usd)
+                for scope in self.spent:
+                    self.spent[scope].add(1, tokens, usd)
+                    self.in_flight[scope].add(1, tokens, usd)
                 admitted.append(Reservation(model, tokens, usd))
         return admitted, None
 
@@ -556,24 +561,29 @@ class SpendingGuard:
         Raises:
             BudgetExhausted: the retry would pass a call cap; it is not sent.
         """
-        _, refusal = self.reserve(model, [(0, 0)] * calls)
+        admitted, refusal = self.reserve(model, [(0, 0)] * calls)
+        with self._lock:
+            for flying in self.in_flight.values():
+                flying.add(-len(admitted), 0, 0.0)  # sent: spent at once, never settled
         if refusal is not None:
             raise refusal
 
     def _refusal(self, tokens: int, usd: float) -> BudgetExhausted | None:
         for scope in ("cell", "run"):
-            limits, spent = self.limits[scope], self.spent[scope]
+            limits, spent, flying = self.limits[scope], self.spent[scope], self.in_flight[scope]
             checks = (
-                ("calls", limits.calls, spent.calls, 1, "{:,} calls"),
-                ("tokens", limits.tokens, spent.tokens, tokens, "{:,} tokens"),
-                ("usd", limits.usd, spent.usd, usd, "${:,.6f}"),
+                ("calls", limits.calls, spent.calls, flying.calls, 1, "{:,} calls"),
+                ("tokens", limits.tokens, spent.tokens, flying.tokens, tokens, "{:,} tokens"),
+                ("usd", limits.usd, spent.usd, flying.usd, usd, "${:,.6f}"),
             )
-            for name, cap, used, need, fmt in checks:
+            for name, cap, used, reserved, need, fmt in checks:
                 if cap is not None and used + need > cap * (1 + 1e-12):
                     flag = LIMIT_FLAGS[scope][name]
+                    billed = "sent" if name == "calls" else "billed"
                     return BudgetExhausted(
-                        f"{flag} {cap:g} reached: this {scope} has spent {fmt.format(used)} and "
-                        f"the next call may need {fmt.format(need)}",
+                        f"{flag} {cap:g} reached: this {scope} has {billed} "
+                        f"{fmt.format(used - reserved)}, with {fmt.format(reserved)} reserved "
+                        f"for calls in flight, and the next call may need {fmt.format(need)}",
                         flag=flag,
                         scope=scope,
                     )
@@ -592,8 +602,9 @@ class SpendingGuard:
         billed = prompt_tokens + completion_tokens if answered else 0
         usd = self._usd(reservation.model, prompt_tokens, completion_tokens) if billed else 0.0
         with self._lock:
-            for spent in self.spent.values():
+            for scope, spent in self.spent.items():
                 spent.add(int(answered) - 1, billed - reservation.tokens, usd - reservation.usd)
+                self.in_flight[scope].add(-1, -reservation.tokens, -reservation.usd)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -341,3 +341,17 @@ def test_help_says_a_call_cap_counts_retries(capsys: pytest.CaptureFixture[str])
     for flag in ("--max-calls N model calls", "--max-cell-calls N model calls"):
         after = text.split(flag, 1)[1][:120]
         assert "retry" in after, after
+
+
+def test_a_cap_message_names_what_was_billed_and_what_is_in_flight(tmp_path: Path) -> None:
+    """Reservations of calls still in flight are not spending: the message says both."""
+    guard = SpendingGuard(_prices(tmp_path), cell=Limits(tokens=100))
+    guard.start_cell()
+    first, _ = guard.reserve("m", [(20, 10)] * 2)  # 30 tokens each at most
+    guard.settle(first[0], answered=True, prompt_tokens=20, completion_tokens=2)  # billed 22
+    more, refusal = guard.reserve("m", [(20, 10)] * 2)  # 22 + 30 + 30 fits; + 30 does not
+    assert len(more) == 1 and refusal is not None
+    message = str(refusal)
+    assert "billed 22 tokens" in message, message
+    assert "with 60 tokens reserved for calls in flight" in message, message
+    assert "the next call may need 30 tokens" in message
