@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import math
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -413,22 +412,22 @@ class Runner:
                 f"method {tuner.name} cannot plan task {task_name} with "
                 f"{tuner.hyperparameters()} ({type(exc).__name__}: {_one_line(exc)})"
             ) from exc
-        sample = splits["test"][:20]
+        # Upper bounds, not means: the longest test prompt, and a method's representative
+        # prompt plus the spread of the test inputs' lengths (its example may be a short one).
+        instruction = task.instructions[0] if task.instructions else None
+        lengths = [
+            self.backend.count_tokens(task.render(ex, instruction=instruction))
+            for ex in splits["test"]
+        ] or [0]
+        spread = max(lengths) - min(lengths)
         if plan.eval_prompt is not None:
-            eval_prompt_tokens = self.backend.count_tokens(plan.eval_prompt)
+            eval_prompt_tokens = self.backend.count_tokens(plan.eval_prompt) + spread
         else:
-            eval_prompt_tokens = round(
-                statistics.mean(
-                    self.backend.count_tokens(
-                        task.render(
-                            ex, instruction=task.instructions[0] if task.instructions else None
-                        )
-                    )
-                    for ex in sample
-                )
-            )
+            eval_prompt_tokens = max(lengths)
         tune_prompt_tokens = (
-            self.backend.count_tokens(plan.tune_prompt) if plan.tune_prompt else eval_prompt_tokens
+            self.backend.count_tokens(plan.tune_prompt) + spread
+            if plan.tune_prompt
+            else eval_prompt_tokens
         )
         n_test = len(splits["test"])
         eval_calls = round(n_test * plan.eval_calls_per_example)
