@@ -56,7 +56,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from benchmarks.cli import port_number
@@ -158,7 +158,8 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    prompt: str | list[str]
+    #: text, token ids, or a list of either (the completions API allows all four).
+    prompt: str | list[StrictInt] | list[str | list[StrictInt]]
     n: int = 1
     temperature: float | None = 1.0
     top_p: float | None = 1.0
@@ -481,19 +482,29 @@ def create_app(
         check_model(body.model)
         if body.stream:
             raise APIError(400, "streaming is not supported by this server", param="stream")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not prompts:
+        raw = body.prompt
+        if isinstance(raw, str) or (raw and all(isinstance(x, int) for x in raw)):
+            given: list[str | list[int]] = [raw]  # type: ignore[list-item]
+        else:
+            given = list(raw)  # type: ignore[arg-type]
+        if not given:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
-        if len(prompts) > MAX_PROMPTS:
+        if len(given) > MAX_PROMPTS:
             raise APIError(400, f"at most {MAX_PROMPTS} prompts per request", param="prompt")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         top_k = body.logprobs
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
-        for prompt in prompts:
-            _check_text(prompt, "prompt")
-            fits_window(prompt, max_tokens)
-        encoded = [engine.encode(p) for p in prompts]
+        encoded: list[list[int]] = []
+        for prompt in given:
+            if isinstance(prompt, str):
+                _check_text(prompt, "prompt")
+                fits_window(prompt, max_tokens)
+                encoded.append(engine.encode(prompt))
+            else:
+                encoded.append(_check_token_ids(prompt, engine.vocab_size))
+        # The text of each prompt, for echo: token ids answer as the text they decode to.
+        prompts = [p if isinstance(p, str) else engine.decode(p) for p in given]
         _check_lengths(engine, encoded, max_tokens)
         _check_work(encoded, body.n, params["temperature"], max_tokens)
         # Token ids from here on: the engine would otherwise tokenize each prompt again.
@@ -895,6 +906,18 @@ def _offsets(engine: HFEngine, ids: Sequence[int], tokens: Sequence[str], start:
         return offsets
     # Tokens that do not decode one by one (special tokens, split characters): decode prefixes.
     return [start + len(engine.decode(ids[:i])) for i in range(len(ids))]
+
+
+def _check_token_ids(ids: list[int], vocab_size: int) -> list[int]:
+    """A prompt given as token ids: non-empty, each an id of the vocabulary (else a 400)."""
+    if not ids:
+        raise APIError(400, "a prompt of token ids must not be empty", param="prompt")
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise APIError(
+            400, f"token id {bad} is outside the vocabulary (0-{vocab_size - 1})", param="prompt"
+        )
+    return list(ids)
 
 
 def _legacy_logprobs(

@@ -620,3 +620,26 @@ def test_ready_line_names_address_model_capabilities_and_key(server: ServerHandl
     assert "next_token_logits" in log and "generate" in log
     assert API_KEY_ENV in log and "required" in log
     assert KEY not in log
+
+
+def test_prompts_given_as_token_ids_answer_as_their_text(
+    http: httpx.Client, engine: HFEngine
+) -> None:
+    """The completions API takes a prompt as token ids (a list of ints) and a batch of such
+    (a list of lists): each answers as the text those ids decode to would."""
+    ids = engine.encode(PROMPT)
+    body = {"model": MODEL, "max_tokens": 5, "temperature": 0}
+    text = http.post("/completions", json={**body, "prompt": PROMPT}).json()
+    one = http.post("/completions", json={**body, "prompt": ids})
+    assert one.status_code == 200, one.text
+    assert one.json()["choices"][0]["text"] == text["choices"][0]["text"]
+    assert one.json()["usage"]["prompt_tokens"] == len(ids)
+    two = http.post("/completions", json={**body, "prompt": [ids, ids[:5]]})
+    assert two.status_code == 200, two.text
+    assert len(two.json()["choices"]) == 2
+    assert two.json()["choices"][0]["text"] == text["choices"][0]["text"]
+    echo = http.post("/completions", json={**body, "prompt": ids, "echo": True})
+    assert echo.json()["choices"][0]["text"].startswith(engine.decode(ids))
+    # ids outside the vocabulary and empty id lists are a 400 naming the prompt
+    for bad in ([engine.vocab_size], [-1], [[]], [ids, [True]]):
+        assert_error(http.post("/completions", json={**body, "prompt": bad}), 400)
