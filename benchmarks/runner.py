@@ -31,6 +31,7 @@ import time
 import traceback
 import types
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ from benchmarks.results import (
 from benchmarks.tasks.base import Task, get_task
 from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
+    NEXT_TOKEN_LOGITS,
     AdaptedPolicy,
     BlackBox,
     BlackBoxTuner,
@@ -81,6 +83,7 @@ from methods.base import (
     get_method,
     missing_capabilities,
 )
+from methods.prompting import label_token_ids
 from methods.registry import BenchError
 
 #: the shortest interval between two progress lines of a cell phase (plus one as it ends).
@@ -321,8 +324,42 @@ class Runner:
                 splits["test"] = splits["test"][: cfg.limit]
             if not splits["test"]:
                 raise BenchError(f"task {name}: the test split is empty")
+            self._check_labels(name, task, splits)
             self.tasks[name] = task
             self.splits[name] = splits
+
+    def _check_labels(self, name: str, task: Task, splits: dict[str, list[Example]]) -> None:
+        """The label rules of a classification task with label words: every target is one
+        of the labels, exactly (case included), and on a backend that reads next-token
+        distributions no two labels share their first token (they could not be told apart).
+
+        Raises:
+            BenchError: naming the targets (and how many examples carry them) or the labels
+                and their shared token.
+        """
+        labels = list(task.labels or ())
+        if task.kind != "classification" or not labels:
+            return
+        stray = Counter(
+            ex.target for split in splits.values() for ex in split if ex.target not in labels
+        )
+        if stray:
+            shown = ", ".join(f"{t!r} ({n} examples)" for t, n in stray.most_common(5))
+            more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+            raise BenchError(
+                f"task {name}: targets that are not label words (case included): {shown}{more}; "
+                f"the labels are {', '.join(map(repr, labels))}"
+            )
+        assert self.backend is not None
+        if NEXT_TOKEN_LOGITS not in self.backend.capabilities:
+            return  # labels are read by scoring or parsed: first tokens do not matter
+        vocabulary = self._black_box_vocabulary
+        if vocabulary is None:
+            return
+        try:
+            label_token_ids(labels, vocabulary)
+        except BenchError as exc:
+            raise BenchError(f"task {name}: {exc}") from None
 
     def make_tuner(self, method: str) -> BlackBoxTuner:
         """The tuner with the run's budget preset and ``--set`` overrides, checked: unknown
