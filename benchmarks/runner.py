@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import shutil
 import tempfile
@@ -85,6 +86,8 @@ from methods.base import (
 )
 from methods.prompting import label_token_ids
 from methods.registry import BenchError
+
+logger = logging.getLogger(__name__)
 
 #: the shortest interval between two progress lines of a cell phase (plus one as it ends).
 PROGRESS_EVERY_S = 10.0
@@ -325,6 +328,7 @@ class Runner:
             if not splits["test"]:
                 raise BenchError(f"task {name}: the test split is empty")
             self._check_labels(name, task, splits)
+            _warn_overlap(name, splits)
             self.tasks[name] = task
             self.splits[name] = splits
 
@@ -925,6 +929,29 @@ def _rows(
         }
         for ex, pred in zip(batch[: len(predictions)], predictions, strict=True)
     ]
+
+
+def _warn_overlap(name: str, splits: dict[str, list[Example]]) -> None:
+    """Warn when test examples also appear in train or dev (same input, whitespace and case
+    aside): a tuner may have seen them, so accuracy on them is not a test."""
+
+    def key(ex: Example) -> str:
+        return " ".join(ex.input.split()).casefold()
+
+    seen = {split: {key(ex) for ex in splits[split]} for split in ("train", "dev")}
+    test = splits["test"]
+    found = {split: sum(key(ex) in keys for ex in test) for split, keys in seen.items()}
+    leaked = sum(any(key(ex) in keys for keys in seen.values()) for ex in test)
+    if leaked:
+        where = ", ".join(f"{n} in {split}" for split, n in found.items() if n)
+        logger.warning(
+            "task %s: %d of %d test examples are also in train or dev (%s); their accuracy "
+            "is not a held-out measure",
+            name,
+            leaked,
+            len(test),
+            where,
+        )
 
 
 class PhaseProgress:

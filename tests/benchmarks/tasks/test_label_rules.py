@@ -77,3 +77,21 @@ def test_labels_that_share_a_first_token_are_refused_naming_them(
     assert _run(tmp_path, "test-shared-first-token") == 2
     err = capsys.readouterr().err
     assert "evenly" in err and "evenness" in err and "first token" in err, err
+
+
+def test_test_examples_also_in_train_or_dev_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three test inputs are train inputs too: the run goes on, with a warning naming how
+    many and which splits."""
+    assert _run(tmp_path, "test-leaky-split") == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "test-leaky-split" in line and "train" in line]
+    assert lines and "3 of" in lines[0], err
+
+
+def test_a_clean_task_gets_no_overlap_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(tmp_path, "zoo-sentiment") == 0
+    assert "also in" not in capsys.readouterr().err
