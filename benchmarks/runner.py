@@ -473,13 +473,20 @@ class Runner:
         n_test = len(splits["test"])
         eval_calls = round(n_test * plan.eval_calls_per_example)
         tune_calls = plan.calls + plan.proposer_calls
-        prompt_tokens = tune_calls * tune_prompt_tokens + eval_calls * eval_prompt_tokens
+        prompt_tokens = plan.calls * tune_prompt_tokens + eval_calls * eval_prompt_tokens
         # Upper bound: every sample runs to max_tokens.
         completion_tokens = task.max_tokens * (
-            max(plan.samples, plan.calls)
-            + plan.proposer_calls
-            + round(n_test * plan.eval_samples_per_example)
+            max(plan.samples, plan.calls) + round(n_test * plan.eval_samples_per_example)
         )
+        # A proposer call's meta-prompt grows with what the search found and its answer has
+        # its own limit: where the proposer's context window is known, that bounds both
+        # (counted as completion tokens, the dearer kind, for the dollar bound).
+        window = self.proposer_backend.context_length if self.proposer_backend else None
+        if window:
+            completion_tokens += max(plan.proposer_samples, plan.proposer_calls) * window
+        else:
+            prompt_tokens += plan.proposer_calls * tune_prompt_tokens
+            completion_tokens += plan.proposer_calls * task.max_tokens
         usd = self.prices.dollars(self.backend.model, prompt_tokens, completion_tokens)
         return Projection(
             tune_calls,
