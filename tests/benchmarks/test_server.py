@@ -334,7 +334,8 @@ def test_start_failures_are_reported(
     (broken / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (broken / "model.safetensors").write_bytes(b"junk")
     assert main(["--model-dir", str(broken), "--port", "0"]) == 2
-    assert "cannot load a model" in capsys.readouterr().err
+    # refused from its weights header, naming the file, before anything is loaded
+    assert "model.safetensors: not a valid safetensors file" in capsys.readouterr().err
     # The child dies (its port is taken): the error carries the child's last words.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
