@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_non_negative_int,
             default=None,
             metavar="N",
-            help=f"model calls (prompts sent) {what} may make",
+            help=f"model calls {what} may make: prompts sent, each retry of one counting again",
         )
     run.add_argument(
         "--request-timeout",

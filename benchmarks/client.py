@@ -23,6 +23,7 @@ import binascii
 import functools
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -199,6 +200,8 @@ class MeteredBlackBox:
         self.role = role
         self.cache = cache or ResponseCache(enabled=False)
         self.guard = guard if guard is not None and guard.active else None
+        if self.guard is not None:
+            backend.retry_gate = self.guard.admit_retry  # retries count against call caps
         # A backend that overrides count_tokens counts with the serving tokenizer; the base
         # class only estimates (4 characters a token), so caps then bound a prompt by bytes.
         self._exact_tokens = type(backend).count_tokens is not Backend.count_tokens
@@ -293,6 +296,7 @@ class MeteredBlackBox:
                 latency_s=latency_s,
                 samples=samples,
                 retries=retries,
+                answered_at=0.0 if cached else time.perf_counter(),
             )
         )
 

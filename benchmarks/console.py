@@ -19,19 +19,31 @@ def fmt_usd(usd: float | None) -> str:
     return "n/a" if usd is None else f"${usd:,.4f}"
 
 
+# A log has no width: rich would assume 80 columns and cut table cells to fit.
+LOG_WIDTH = 1000
+
+
+def _name_column(table: Table, title: str, names: list[str]) -> None:
+    """A column of method or task names: never cut nor wrapped (other columns give way)."""
+    width = max([len(title), *(len(n) for n in names)])
+    table.add_column(title, no_wrap=True, min_width=width, overflow="ignore")
+
+
 class RunConsole:
     """Prints to stderr so stdout stays clean for scripts."""
 
-    def __init__(self) -> None:
-        self.console = Console(stderr=True, highlight=False)
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, highlight=False)
+        if not self.console.is_terminal and "COLUMNS" not in os.environ:
+            self.console.width = LOG_WIDTH
         self.bar: tqdm | None = None
         self.disable = bool(os.environ.get("TQDM_DISABLE")) or not sys.stderr.isatty()
 
     def print_plan(self, plan: Any, runner: Any) -> None:
         table = Table(title=f"plan: run {plan.store.run_id}", show_lines=False)
+        _name_column(table, "method", [c.method for c in plan.cells])
+        _name_column(table, "task", [c.task for c in plan.cells])
         for col in (
-            "method",
-            "task",
             "seeds",
             "status",
             "tune calls",
@@ -78,6 +90,15 @@ class RunConsole:
                 leave=False,
                 file=sys.stderr,
             )
+        elif event == "phase_progress":
+            state = "done" if fields["done"] else "so far"
+            counts = f"{fields['calls']:,} calls, {fields['tokens']:,} billed tokens"
+            if self.disable:  # a log: one line, never a carriage-return bar
+                self.console.print(
+                    f"  {fields['cell']}: {fields['phase']} {state}: {counts}", markup=False
+                )
+            elif self.bar is not None:
+                self.bar.set_postfix_str(f"{fields['phase']}: {counts}")
         elif event == "eval_progress" and self.bar is not None:
             self.bar.n = fields["done"]
             self.bar.set_postfix(tokens=fields["tokens"], usd=fmt_usd(fields["usd"]))
@@ -105,9 +126,9 @@ class RunConsole:
     def print_results(self, records: list[CellRecord], store: RunStore) -> None:
         self.close_bar()
         table = Table(title=f"results: {store.root}")
+        _name_column(table, "method", [r.method for r in records])
+        _name_column(table, "task", [r.task for r in records])
         for col in (
-            "method",
-            "task",
             "seed",
             "accuracy",
             "tune tokens",

@@ -26,7 +26,7 @@ import math
 import resource
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,9 +54,10 @@ class CallRecord:
     prompt_tokens: int
     completion_tokens: int
     cached: bool
-    latency_s: float
+    latency_s: float  # this request's send-to-answer seconds (concurrent ones overlap)
     samples: int = 1
     retries: int = 0
+    answered_at: float = 0.0  # time.perf_counter() at the answer; 0: unknown (old records)
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,21 @@ class UsageMeter:
         self.call_s: dict[str, float] = {}
         self._inside = {"wait": 0, "call": 0}
         self._since = {"wait": 0.0, "call": 0.0}
+        #: called (outside the lock) after each call is recorded, e.g. to show progress.
+        self.on_record: Callable[[], None] | None = None
 
     def record(self, rec: CallRecord) -> None:
         with self._lock:
             self.calls.append(rec)
+        if self.on_record is not None:
+            self.on_record()
+
+    def progress(self, phase: str) -> tuple[int, int]:
+        """(calls, billed tokens) of one phase so far, all roles, cache hits counted as calls
+        but not as tokens."""
+        with self._lock:
+            calls = [c for c in self.calls if c.phase == phase]
+        return len(calls), sum(c.prompt_tokens + c.completion_tokens for c in calls if not c.cached)
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -282,12 +294,48 @@ def summarize(
                     "usd": _dollars(chosen, prices),
                 }
             out[flavour][phase] = block
+    # By phase, the models without a price: they make that phase's dollars n/a. A phase
+    # that made no call takes the cell's (zero-shot tuning on an unpriced model is n/a,
+    # not $0, which would read as a price of nothing).
+    unpriced = {c.model for c in calls if not prices.has(c.model)}
+    out["unpriced_models"] = {
+        phase: sorted(
+            {c.model for c in calls if c.phase == phase and c.model in unpriced}
+            if any(c.phase == phase for c in calls)
+            else unpriced
+        )
+        for phase in PHASES
+    }
     out["cache_hits"] = sum(1 for c in calls if c.cached)
     out["calls"] = len(calls)
     out["retries"] = sum(c.retries for c in calls)
-    out["latency_s"] = round(sum(c.latency_s for c in calls if not c.cached), 3)
+    # Concurrent requests overlap: their latencies summed can be many times the wall time.
+    out["request_wall_s"] = round(_request_wall_s([c for c in calls if not c.cached]), 3)
+    out["request_latency_sum_s"] = round(sum(c.latency_s for c in calls if not c.cached), 3)
     out["compute"] = _compute_summary(list(computes))
     return out
+
+
+def _request_wall_s(calls: list[CallRecord]) -> float:
+    """Wall seconds with at least one request in flight: the union of the requests'
+    intervals (a record without an answer time counts its whole latency)."""
+    spans = sorted((c.answered_at - c.latency_s, c.answered_at) for c in calls if c.answered_at)
+    total = sum(c.latency_s for c in calls if not c.answered_at)
+    end = float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def request_seconds(usage: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(wall seconds with a request in flight, per-request latencies summed) of a cell's
+    usage; records written before the two were told apart hold only the sum (``latency_s``),
+    and their wall time is unknown (None)."""
+    if "request_latency_sum_s" in usage:
+        return usage.get("request_wall_s"), usage["request_latency_sum_s"]
+    return None, usage.get("latency_s")
 
 
 def _dollars(calls: list[CallRecord], prices: PriceTable) -> float | None:
@@ -347,8 +395,12 @@ def total_tokens(summary: dict[str, Any], flavour: str = "billed", phase: str | 
 def total_usd(
     summary: dict[str, Any], flavour: str = "billed", phase: str | None = None
 ) -> float | None:
-    """Dollars in a `summarize` result, all roles, one phase or both; None if any is unpriced."""
+    """Dollars in a `summarize` result, all roles, one phase or both; None if a model of
+    those phases is unpriced (`summarize`'s ``unpriced_models``)."""
     phases = [phase] if phase else list(PHASES)
+    unpriced = summary.get("unpriced_models") or {}
+    if any(unpriced.get(p) for p in phases):
+        return None
     total = 0.0
     for p in phases:
         for role in summary.get(flavour, {}).get(p, {}).values():
@@ -452,7 +504,10 @@ class SpendingGuard:
     ):
         self.prices = prices
         self.limits = {"run": run or Limits(), "cell": cell or Limits()}
+        #: billed plus reserved: what the caps are checked against.
         self.spent = {"run": run_spent or Spend(), "cell": Spend()}
+        #: of `spent`, the upper bounds reserved for calls not settled yet (in flight).
+        self.in_flight = {"run": Spend(), "cell": Spend()}
         #: the first refusal of the current cell, kept even if a method swallowed it.
         self.tripped: BudgetExhausted | None = None
         self._lock = threading.Lock()
@@ -464,6 +519,7 @@ class SpendingGuard:
     def start_cell(self) -> None:
         with self._lock:
             self.spent["cell"] = Spend()
+            self.in_flight["cell"] = Spend()
             self.tripped = None
 
     def _usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
@@ -492,25 +548,42 @@ class SpendingGuard:
                 if refusal is not None:
                     self.tripped = self.tripped or refusal
                     return admitted, refusal
-                for spent in self.spent.values():
-                    spent.add(1, tokens, usd)
+                for scope in self.spent:
+                    self.spent[scope].add(1, tokens, usd)
+                    self.in_flight[scope].add(1, tokens, usd)
                 admitted.append(Reservation(model, tokens, usd))
         return admitted, None
 
+    def admit_retry(self, model: str, calls: int = 1) -> None:
+        """Count a retry's resent calls against the call caps (a cap on calls caps the
+        requests sent); its tokens are already reserved by the call it repeats.
+
+        Raises:
+            BudgetExhausted: the retry would pass a call cap; it is not sent.
+        """
+        admitted, refusal = self.reserve(model, [(0, 0)] * calls)
+        with self._lock:
+            for flying in self.in_flight.values():
+                flying.add(-len(admitted), 0, 0.0)  # sent: spent at once, never settled
+        if refusal is not None:
+            raise refusal
+
     def _refusal(self, tokens: int, usd: float) -> BudgetExhausted | None:
         for scope in ("cell", "run"):
-            limits, spent = self.limits[scope], self.spent[scope]
+            limits, spent, flying = self.limits[scope], self.spent[scope], self.in_flight[scope]
             checks = (
-                ("calls", limits.calls, spent.calls, 1, "{:,} calls"),
-                ("tokens", limits.tokens, spent.tokens, tokens, "{:,} tokens"),
-                ("usd", limits.usd, spent.usd, usd, "${:,.6f}"),
+                ("calls", limits.calls, spent.calls, flying.calls, 1, "{:,} calls"),
+                ("tokens", limits.tokens, spent.tokens, flying.tokens, tokens, "{:,} tokens"),
+                ("usd", limits.usd, spent.usd, flying.usd, usd, "${:,.6f}"),
             )
-            for name, cap, used, need, fmt in checks:
+            for name, cap, used, reserved, need, fmt in checks:
                 if cap is not None and used + need > cap * (1 + 1e-12):
                     flag = LIMIT_FLAGS[scope][name]
+                    billed = "sent" if name == "calls" else "billed"
                     return BudgetExhausted(
-                        f"{flag} {cap:g} reached: this {scope} has spent {fmt.format(used)} and "
-                        f"the next call may need {fmt.format(need)}",
+                        f"{flag} {cap:g} reached: this {scope} has {billed} "
+                        f"{fmt.format(used - reserved)}, with {fmt.format(reserved)} reserved "
+                        f"for calls in flight, and the next call may need {fmt.format(need)}",
                         flag=flag,
                         scope=scope,
                     )
@@ -529,8 +602,9 @@ class SpendingGuard:
         billed = prompt_tokens + completion_tokens if answered else 0
         usd = self._usd(reservation.model, prompt_tokens, completion_tokens) if billed else 0.0
         with self._lock:
-            for spent in self.spent.values():
+            for scope, spent in self.spent.items():
                 spent.add(int(answered) - 1, billed - reservation.tokens, usd - reservation.usd)
+                self.in_flight[scope].add(-1, -reservation.tokens, -reservation.usd)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -301,6 +301,7 @@ def resolve_model(
     path = Path(name).expanduser()
     if path.is_dir():
         verify_manifest(path)
+        check_safetensors(path)
         return path
     text = str(name)
     if os.sep in text or text.startswith("."):  # meant as a path: no name looks like this
@@ -312,6 +313,7 @@ def resolve_model(
     from benchmarks import zoo
 
     if text in zoo.available():
+        check_safetensors(zoo.model_dir(text))
         return zoo.model_dir(text)
     spec = get_spec(text)
     target = model_path(spec.name)
@@ -327,7 +329,57 @@ def resolve_model(
         )
         pull_model(spec.name, say=say)
     verify_manifest(target)
+    check_safetensors(target)
     return target
+
+
+#: a safetensors header longer than this is damage, not metadata (the format caps it at 100 MB).
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def check_safetensors(directory: Path) -> None:
+    """Read each ``*.safetensors`` header of ``directory`` (not the tensors): its length,
+    its JSON, and that every tensor's bytes lie inside the file. Damage is bad input, found
+    here while planning rather than when a server fails to load it.
+
+    Raises:
+        BenchError: naming the file and what is wrong with it.
+    """
+    for file in sorted(directory.glob("*.safetensors")):
+        problem = _safetensors_problem(file)
+        if problem is not None:
+            raise BenchError(f"{file}: not a valid safetensors file ({problem})")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a header"
+        length = int.from_bytes(head, "little")
+        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+            return f"header length {length:,} does not fit the file's {size:,} bytes"
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f"header is not JSON: {exc}"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    data = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data
+        ):
+            return f"tensor {name!r} has data offsets {offsets!r} outside the file's data"
+    return None
 
 
 def _stderr(line: str) -> None:

@@ -44,6 +44,7 @@ from rich.table import Table
 from benchmarks.metering import total_tokens
 from benchmarks.report import compute_seconds
 from benchmarks.results import CellRecord, RunStore
+from benchmarks.tasks.base import FINGERPRINT_SCHEME
 from methods.registry import BenchError
 
 #: standard errors in the accuracy noise band (about 95% for a difference of means).
@@ -93,6 +94,9 @@ class Side:
     n_eval: int
     not_ok: tuple[str, ...] = ()
     """``seed N: status`` of each seed that did not finish."""
+    task_hashes: frozenset[str] = frozenset()
+    """The task fingerprints of its records that cover the task's code, version and data
+    location (`FINGERPRINT_SCHEME`); older records' are left out (they cannot tell)."""
 
     @property
     def mean(self) -> float:
@@ -161,6 +165,11 @@ def _sides(records: Sequence[CellRecord], token_count: TokenCount) -> dict[tuple
             device="+".join(devices),
             n_eval=max((r.n_eval for r in ok), default=0),
             not_ok=not_ok,
+            task_hashes=frozenset(
+                r.task_hash
+                for r in recs
+                if r.task_hash and r.task_hash.startswith(FINGERPRINT_SCHEME)
+            ),
         )
     return out
 
@@ -186,6 +195,13 @@ def compare(
             continue
         if r is None:
             c.failures.append("missing from the run")
+            continue
+        if b.task_hashes and r.task_hashes and b.task_hashes != r.task_hashes:
+            c.failures.append(
+                f"not the same task: fingerprint {', '.join(sorted(b.task_hashes))} in the "
+                f"baseline, {', '.join(sorted(r.task_hashes))} in the run (its code, version, "
+                "data or options changed; rebuild the baseline if that was intended)"
+            )
             continue
         if r.not_ok:
             c.failures.append(f"not ok in the run ({', '.join(r.not_ok)})")

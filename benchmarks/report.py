@@ -37,6 +37,7 @@ reference has no finished cells there or spent nothing.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 import zlib
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metering import PHASES, total_tokens, total_usd
+from benchmarks.metering import PHASES, PriceTable, total_tokens, total_usd
 from benchmarks.results import CellRecord, RunStore, write_atomic
 from methods.registry import BenchError
 
@@ -189,7 +190,19 @@ class ReportFiles:
 
 
 def _usd(record: CellRecord, phase: str) -> float | None:
-    return total_usd(record.usage, FLAVOUR, phase)
+    usd = total_usd(record.usage, FLAVOUR, phase)
+    if (
+        usd is not None
+        and "unpriced_models" not in record.usage
+        and not _prices().has(record.model)
+    ):
+        return None  # a record from before the meter listed unpriced models
+    return usd
+
+
+@functools.cache
+def _prices() -> PriceTable:
+    return PriceTable()
 
 
 def compute_seconds(record: CellRecord) -> tuple[float, str]:

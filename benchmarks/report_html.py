@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from benchmarks.metering import total_tokens
+from benchmarks.metering import request_seconds, total_tokens
 from benchmarks.report import (
     FLAVOUR,
     NOTES,
@@ -290,6 +290,7 @@ def render_cell_page(cell: ReportCell, report: Report) -> str:
         ("tuning tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'tune'):,}"),
         ("inference tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'eval'):,}"),
         ("compute s", f"{seconds:.2f} ({device})"),
+        *_request_facts(r.usage),
         ("artifacts saved", "" if r.artifact_bytes is None else f"{r.artifact_bytes:,} bytes"),
     ]
     back = f"../index.html#task-{slug(r.task)}"
@@ -305,6 +306,18 @@ def render_cell_page(cell: ReportCell, report: Report) -> str:
     ]
     body += _predictions(cell.predictions, r.status)
     return _page(f"{r.cell_id} ({report.title})", body)
+
+
+def _request_facts(usage: dict[str, Any]) -> list[tuple[str, str]]:
+    """Time on the black box: wall seconds with a request in flight, and the requests'
+    latencies summed (larger when requests ran concurrently)."""
+    wall, summed = request_seconds(usage)
+    if summed is None:
+        return []
+    return [
+        ("requests in flight, wall s", "n/a (not recorded)" if wall is None else f"{wall:.2f}"),
+        ("request latencies summed, s", f"{summed:.2f}"),
+    ]
 
 
 def _predictions(predictions: Sequence[dict[str, Any]], status: str) -> list[str]:

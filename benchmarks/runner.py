@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import shutil
-import statistics
 import tempfile
+import threading
 import time
 import traceback
 import types
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ from benchmarks.results import (
 from benchmarks.tasks.base import Task, get_task
 from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
+    NEXT_TOKEN_LOGITS,
     AdaptedPolicy,
     BlackBox,
     BlackBoxTuner,
@@ -82,8 +85,13 @@ from methods.base import (
     get_method,
     missing_capabilities,
 )
+from methods.prompting import label_token_ids
 from methods.registry import BenchError
 
+logger = logging.getLogger(__name__)
+
+#: the shortest interval between two progress lines of a cell phase (plus one as it ends).
+PROGRESS_EVERY_S = 10.0
 EVAL_BATCH = 32  # examples per predict call: the progress granularity, not a model batch size
 #: backend options that change how or where calls are made, not what they return (the
 #: cache identity leaves them out too): a run may be resumed with other values, e.g. against
@@ -320,8 +328,43 @@ class Runner:
                 splits["test"] = splits["test"][: cfg.limit]
             if not splits["test"]:
                 raise BenchError(f"task {name}: the test split is empty")
+            self._check_labels(name, task, splits)
+            _warn_overlap(name, splits)
             self.tasks[name] = task
             self.splits[name] = splits
+
+    def _check_labels(self, name: str, task: Task, splits: dict[str, list[Example]]) -> None:
+        """The label rules of a classification task with label words: every target is one
+        of the labels, exactly (case included), and on a backend that reads next-token
+        distributions no two labels share their first token (they could not be told apart).
+
+        Raises:
+            BenchError: naming the targets (and how many examples carry them) or the labels
+                and their shared token.
+        """
+        labels = list(task.labels or ())
+        if task.kind != "classification" or not labels:
+            return
+        stray = Counter(
+            ex.target for split in splits.values() for ex in split if ex.target not in labels
+        )
+        if stray:
+            shown = ", ".join(f"{t!r} ({n} examples)" for t, n in stray.most_common(5))
+            more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+            raise BenchError(
+                f"task {name}: targets that are not label words (case included): {shown}{more}; "
+                f"the labels are {', '.join(map(repr, labels))}"
+            )
+        assert self.backend is not None
+        if NEXT_TOKEN_LOGITS not in self.backend.capabilities:
+            return  # labels are read by scoring or parsed: first tokens do not matter
+        vocabulary = self._black_box_vocabulary
+        if vocabulary is None:
+            return
+        try:
+            label_token_ids(labels, vocabulary)
+        except BenchError as exc:
+            raise BenchError(f"task {name}: {exc}") from None
 
     def make_tuner(self, method: str) -> BlackBoxTuner:
         """The tuner with the run's budget preset and ``--set`` overrides, checked: unknown
@@ -411,33 +454,40 @@ class Runner:
                 f"method {tuner.name} cannot plan task {task_name} with "
                 f"{tuner.hyperparameters()} ({type(exc).__name__}: {_one_line(exc)})"
             ) from exc
-        sample = splits["test"][:20]
+        # Upper bounds, not means: the longest test prompt, and a method's representative
+        # prompt plus the spread of the test inputs' lengths (its example may be a short one).
+        instruction = task.instructions[0] if task.instructions else None
+        lengths = [
+            self.backend.count_tokens(task.render(ex, instruction=instruction))
+            for ex in splits["test"]
+        ] or [0]
+        spread = max(lengths) - min(lengths)
         if plan.eval_prompt is not None:
-            eval_prompt_tokens = self.backend.count_tokens(plan.eval_prompt)
+            eval_prompt_tokens = self.backend.count_tokens(plan.eval_prompt) + spread
         else:
-            eval_prompt_tokens = round(
-                statistics.mean(
-                    self.backend.count_tokens(
-                        task.render(
-                            ex, instruction=task.instructions[0] if task.instructions else None
-                        )
-                    )
-                    for ex in sample
-                )
-            )
+            eval_prompt_tokens = max(lengths)
         tune_prompt_tokens = (
-            self.backend.count_tokens(plan.tune_prompt) if plan.tune_prompt else eval_prompt_tokens
+            self.backend.count_tokens(plan.tune_prompt) + spread
+            if plan.tune_prompt
+            else eval_prompt_tokens
         )
         n_test = len(splits["test"])
         eval_calls = round(n_test * plan.eval_calls_per_example)
         tune_calls = plan.calls + plan.proposer_calls
-        prompt_tokens = tune_calls * tune_prompt_tokens + eval_calls * eval_prompt_tokens
+        prompt_tokens = plan.calls * tune_prompt_tokens + eval_calls * eval_prompt_tokens
         # Upper bound: every sample runs to max_tokens.
         completion_tokens = task.max_tokens * (
-            max(plan.samples, plan.calls)
-            + plan.proposer_calls
-            + round(n_test * plan.eval_samples_per_example)
+            max(plan.samples, plan.calls) + round(n_test * plan.eval_samples_per_example)
         )
+        # A proposer call's meta-prompt grows with what the search found and its answer has
+        # its own limit: where the proposer's context window is known, that bounds both
+        # (counted as completion tokens, the dearer kind, for the dollar bound).
+        window = self.proposer_backend.context_length if self.proposer_backend else None
+        if window:
+            completion_tokens += max(plan.proposer_samples, plan.proposer_calls) * window
+        else:
+            prompt_tokens += plan.proposer_calls * tune_prompt_tokens
+            completion_tokens += plan.proposer_calls * task.max_tokens
         usd = self.prices.dollars(self.backend.model, prompt_tokens, completion_tokens)
         return Projection(
             tune_calls,
@@ -667,6 +717,8 @@ class Runner:
             training_cache=self.training_cache,
         )
         self.on_event("cell_start", {"cell": cell.cid, "n_eval": len(splits["test"])})
+        progress = PhaseProgress(self.on_event, cell.cid, meter)
+        meter.on_record = progress.tick
         wall: dict[str, float] = {}
         rows: list[dict[str, Any]] = []
         phase = "tune"
@@ -682,6 +734,7 @@ class Runner:
                 context=context,
             )
             wall["tune"] = round(time.perf_counter() - t0, 3)
+            progress.emit("tune", done=True)
             policy.save(store.artifact_dir(cell.cid))
             if guard.tripped is not None:  # the method caught the refusal and went on
                 raise guard.tripped
@@ -733,6 +786,7 @@ class Runner:
                     },
                 )
             wall["eval"] = round(time.perf_counter() - t0, 3)
+            progress.emit("eval", done=True)
             if guard.tripped is not None:
                 raise guard.tripped
         except BudgetExhausted as exc:
@@ -893,6 +947,52 @@ def _rows(
         }
         for ex, pred in zip(batch[: len(predictions)], predictions, strict=True)
     ]
+
+
+def _warn_overlap(name: str, splits: dict[str, list[Example]]) -> None:
+    """Warn when test examples also appear in train or dev (same input, whitespace and case
+    aside): a tuner may have seen them, so accuracy on them is not a test."""
+
+    def key(ex: Example) -> str:
+        return " ".join(ex.input.split()).casefold()
+
+    seen = {split: {key(ex) for ex in splits[split]} for split in ("train", "dev")}
+    test = splits["test"]
+    found = {split: sum(key(ex) in keys for ex in test) for split, keys in seen.items()}
+    leaked = sum(any(key(ex) in keys for keys in seen.values()) for ex in test)
+    if leaked:
+        where = ", ".join(f"{n} in {split}" for split, n in found.items() if n)
+        logger.warning(
+            "task %s: %d of %d test examples are also in train or dev (%s); their accuracy "
+            "is not a held-out measure",
+            name,
+            leaked,
+            len(test),
+            where,
+        )
+
+
+class PhaseProgress:
+    """A cell phase's calls and billed tokens so far, sent as ``phase_progress`` events at
+    most every `PROGRESS_EVERY_S` while calls are recorded, and once as the phase ends."""
+
+    def __init__(self, on_event: EventSink, cell: str, meter: UsageMeter):
+        self.on_event, self.cell, self.meter = on_event, cell, meter
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < PROGRESS_EVERY_S:
+                return
+            self._last = now
+        self.emit(self.meter.phase, done=False)
+
+    def emit(self, phase: str, *, done: bool) -> None:
+        calls, tokens = self.meter.progress(phase)
+        fields = {"cell": self.cell, "phase": phase, "calls": calls, "tokens": tokens}
+        self.on_event("phase_progress", {**fields, "done": done})
 
 
 def _batches(items: Sequence[Example], size: int) -> Iterator[Sequence[Example]]:

@@ -56,7 +56,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from benchmarks.cli import port_number
@@ -158,7 +158,8 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    prompt: str | list[str]
+    #: text, token ids, or a list of either (the completions API allows all four).
+    prompt: str | list[StrictInt] | list[str | list[StrictInt]]
     n: int = 1
     temperature: float | None = 1.0
     top_p: float | None = 1.0
@@ -481,19 +482,29 @@ def create_app(
         check_model(body.model)
         if body.stream:
             raise APIError(400, "streaming is not supported by this server", param="stream")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not prompts:
+        raw = body.prompt
+        if isinstance(raw, str) or (raw and all(isinstance(x, int) for x in raw)):
+            given: list[str | list[int]] = [raw]  # type: ignore[list-item]
+        else:
+            given = list(raw)  # type: ignore[arg-type]
+        if not given:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
-        if len(prompts) > MAX_PROMPTS:
+        if len(given) > MAX_PROMPTS:
             raise APIError(400, f"at most {MAX_PROMPTS} prompts per request", param="prompt")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         top_k = body.logprobs
         params = _sampling(engine, body.n, body.temperature, body.top_p, max_tokens, top_k)
         params.update(stop=_stops(body.stop), seed=body.seed)
-        for prompt in prompts:
-            _check_text(prompt, "prompt")
-            fits_window(prompt, max_tokens)
-        encoded = [engine.encode(p) for p in prompts]
+        encoded: list[list[int]] = []
+        for prompt in given:
+            if isinstance(prompt, str):
+                _check_text(prompt, "prompt")
+                fits_window(prompt, max_tokens)
+                encoded.append(engine.encode(prompt))
+            else:
+                encoded.append(_check_token_ids(prompt, engine.vocab_size))
+        # The text of each prompt, for echo: token ids answer as the text they decode to.
+        prompts = [p if isinstance(p, str) else engine.decode(p) for p in given]
         _check_lengths(engine, encoded, max_tokens)
         _check_work(encoded, body.n, params["temperature"], max_tokens)
         # Token ids from here on: the engine would otherwise tokenize each prompt again.
@@ -897,6 +908,18 @@ def _offsets(engine: HFEngine, ids: Sequence[int], tokens: Sequence[str], start:
     return [start + len(engine.decode(ids[:i])) for i in range(len(ids))]
 
 
+def _check_token_ids(ids: list[int], vocab_size: int) -> list[int]:
+    """A prompt given as token ids: non-empty, each an id of the vocabulary (else a 400)."""
+    if not ids:
+        raise APIError(400, "a prompt of token ids must not be empty", param="prompt")
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise APIError(
+            400, f"token id {bad} is outside the vocabulary (0-{vocab_size - 1})", param="prompt"
+        )
+    return list(ids)
+
+
 def _legacy_logprobs(
     engine: HFEngine, echoed: ScoredTokens | None, sample: Sample, prefix: str
 ) -> dict[str, Any]:
@@ -1021,6 +1044,21 @@ class ServerHandle:
 def served_capabilities(grey_box: bool) -> list[str]:
     """What the server advertises in its model card (``/v1/models``)."""
     return [GENERATE, LOGPROBS, SCORE] + ([NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else [])
+
+
+def ready_lines(*, host: str, port: int, model_name: str, grey_box: bool, api_key: bool) -> str:
+    """What the server prints once it is ready: where, what, and whether a key is needed."""
+    url_host = f"[{host.strip('[]')}]" if ":" in host else host
+    capabilities = ", ".join(served_capabilities(grey_box))
+    key = (
+        f"an api key is required (Authorization: Bearer, the value of ${API_KEY_ENV})"
+        if api_key
+        else f"no api key (set ${API_KEY_ENV} to require one; loopback only without one)"
+    )
+    return (
+        f"serving {model_name} at http://{url_host}:{port}/v1 (capabilities: {capabilities})\n"
+        f"  {key}; Ctrl-C stops"
+    )
 
 
 def start_server(
@@ -1254,6 +1292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
         )
         config = uvicorn.Config(app, log_level="warning", access_log=False)
+        print(
+            ready_lines(
+                host=args.host,
+                port=sock.getsockname()[1],
+                model_name=args.model_name or model_dir.name,
+                grey_box=args.grey_box,
+                api_key=bool(api_key),
+            ),
+            flush=True,
+        )
         uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -474,6 +474,7 @@ class CallPlan:
         calls: tuning-phase calls (prompts sent) to the task model.
         samples: completions those calls return in all (calls × n).
         proposer_calls: tuning-phase calls to the proposer role.
+        proposer_samples: completions those calls return in all (0: one each).
         tune_prompt: a representative tuning prompt, for token estimates (None: as `eval_prompt`).
         eval_prompt: a representative inference prompt (None: the task's zero-shot prompt).
         eval_calls_per_example: inference calls per test example.
@@ -483,6 +484,7 @@ class CallPlan:
     calls: int = 0
     samples: int = 0
     proposer_calls: int = 0
+    proposer_samples: int = 0
     tune_prompt: str | None = None
     eval_prompt: str | None = None
     eval_calls_per_example: float = 1.0

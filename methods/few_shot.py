@@ -56,9 +56,18 @@ class FewShot(BlackBoxTuner):
     }
 
     def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
-        demos = self._choose(train, task, random.Random(0))
+        # An upper bound whatever the seed draws: the k longest demonstrations, after the
+        # longest training input (the runner adds the spread of the test inputs).
+        k = min(self.config.k, len(train))
+        demos = sorted(
+            train, key=lambda ex: len(ex.input) + len(task.render_target(ex)), reverse=True
+        )[:k]
         eval_prompt = (
-            task.render(train[0], instruction=self._instruction(task), demos=demos)
+            task.render(
+                max(train, key=lambda ex: len(ex.input)),
+                instruction=self._instruction(task),
+                demos=demos,
+            )
             if train
             else None
         )

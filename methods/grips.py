@@ -187,6 +187,7 @@ class GripsTuner(BlackBoxTuner):
             calls=calls,
             samples=calls,
             proposer_calls=self._proposer_calls(),
+            proposer_samples=self._proposer_calls() * self.config.num_paraphrases,
             tune_prompt=tune_prompt,
             eval_calls_per_example=float(per_prompt),
         )

@@ -250,6 +250,7 @@ class Opro(BlackBoxTuner):
             calls=calls,
             samples=calls,
             proposer_calls=cfg.num_search_steps,
+            proposer_samples=cfg.num_search_steps * cfg.num_generated_per_step,
             tune_prompt=prompt,
             eval_prompt=prompt,
         )

@@ -250,7 +250,17 @@ def label_token_ids(labels: Sequence[str], vocabulary: Sequence[str]) -> list[in
             raise BenchError(f"label {label!r} has no first token in the vocabulary")
         ids.append(by_text[best])
     if len(set(ids)) < len(ids):
-        raise BenchError(f"labels {list(labels)} share a first token; they cannot be scored")
+        by_id: dict[int, list[str]] = {}
+        for label, i in zip(labels, ids, strict=True):
+            by_id.setdefault(i, []).append(label)
+        clashes = "; ".join(
+            f"{', '.join(map(repr, group))} all start with token {vocabulary[i]!r}"
+            for i, group in by_id.items()
+            if len(group) > 1
+        )
+        raise BenchError(
+            f"labels share a first token, so next-token scoring cannot tell them apart: {clashes}"
+        )
     return ids
 
 

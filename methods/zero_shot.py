@@ -18,6 +18,7 @@ from methods.base import (
     AdaptedPolicy,
     BlackBox,
     BlackBoxTuner,
+    CallPlan,
     Example,
     PromptPolicy,
     TaskLike,
@@ -71,6 +72,14 @@ class ZeroShotLikelihood(ZeroShot):
     """The untuned prompt, classification labels read by likelihood (see the module doc)."""
 
     requires = frozenset({"score|next_token_logits"})
+
+    def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
+        if not is_labelled(task):
+            return CallPlan()
+        # At most one scoring call per label (the score path); each bills the prompt and
+        # the label's tokens, which the per-sample completion bound covers.
+        labels = len(task.labels or ())
+        return CallPlan(eval_calls_per_example=labels, eval_samples_per_example=labels)
 
     def __init__(self, config: ZeroShotConfig | None = None, **overrides: object):
         super().__init__(config, **{"label_likelihood": True, **overrides})

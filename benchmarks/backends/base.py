@@ -107,6 +107,9 @@ class Backend(ABC):
     prompt_format: str = "raw"
     #: a system turn before each user turn (chat only).
     system_prompt: str | None = None
+    #: asked before each retry with the calls (prompts) it resends; raises
+    #: `BudgetExhausted` when a call cap would pass (set by `MeteredBlackBox` under a cap).
+    retry_gate: Callable[[str, int], None] | None = None
 
     def default_prompt_format(self) -> str:
         """The prompt format when none is given (the one place that decides it): a named

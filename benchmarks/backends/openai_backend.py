@@ -36,6 +36,7 @@ import base64
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -89,6 +90,20 @@ LOOPBACK_CONCURRENCY = 64
 
 class MalformedResponse(Exception):
     """A 200 answer whose body is not the expected JSON (truncated, wrong shape): retried."""
+
+
+class FewerChoices(Exception):
+    """An answer with fewer choices per prompt than ``n`` asked (a server that ignores
+    ``n``): not retried, since asking again gets the same; its choices and usage are kept
+    (the request was answered and is billed) and the rest are asked one by one."""
+
+    def __init__(self, samples: list[list[Completion]], usages: list[tuple[int, int]]):
+        super().__init__(f"{len(samples[0])} choice(s) per prompt")
+        self.samples, self.usages = samples, usages
+
+
+class WrongChoiceCount(BenchError):
+    """Choices that cannot be shared out among the prompts: not retried (it cannot change)."""
 
 
 def safe_url(url: str | None) -> str:
@@ -373,6 +388,8 @@ class OpenAIBackend(Backend):
         #: send several prompts per completions request: only to a server that says it
         #: answers a list of prompts (the project's does; not every compatible server does).
         self.prompt_lists = False
+        #: the server answered fewer choices than ``n``: ask for samples one request each.
+        self.ignores_n = False
         self._io: _LoopThread | None = None
         self._io_lock = threading.Lock()
         self._client: Any = None
@@ -493,10 +510,12 @@ class OpenAIBackend(Backend):
     # -- calls ----------------------------------------------------------------------------
 
     async def _with_retries(
-        self, call: Callable[[], Awaitable[Any]], parse: Callable[[Any], R]
+        self, call: Callable[[], Awaitable[Any]], parse: Callable[[Any], R], calls: int = 1
     ) -> tuple[R, int, float]:
         """``parse(await call())``, retried on transient failures; returns the parsed value,
-        the retries made and the wall seconds. A body ``parse`` cannot read is retried too."""
+        the retries made and the wall seconds. A body ``parse`` cannot read is retried too.
+        Each retry resends ``calls`` prompts, admitted first by `retry_gate` (call caps
+        count requests sent)."""
         import openai
         from tenacity import (
             AsyncRetrying,
@@ -527,6 +546,8 @@ class OpenAIBackend(Backend):
                 reraise=True,
             ):
                 with attempt:
+                    if attempts and self.retry_gate is not None:
+                        self.retry_gate(self.model, calls)  # BudgetExhausted: not retried
                     attempts += 1
                     async with self.limiter.slot() as slot:
                         try:
@@ -639,7 +660,60 @@ class OpenAIBackend(Backend):
 
     async def _generate_many(self, rs: list[GenerateRequest]) -> list[CallResult[list[Completion]]]:
         """One HTTP request for ``rs`` (several only on the completions API, where they
-        share every parameter but the prompt)."""
+        share every parameter but the prompt). A server that ignores ``n`` gets the missing
+        samples as separate requests (`ignores_n`), each billed."""
+        r = rs[0]
+        if r.n > 1 and self.ignores_n:
+            return await self._generate_apart(rs, r.n, 0)
+        try:
+            return await self._generate_one_request(rs)
+        except FewerChoices as short:
+            self.ignores_n = True
+            got = len(short.samples[0])
+            rest = await self._generate_apart(rs, r.n - got, got)
+            return [
+                CallResult(
+                    [*first, *more.value],
+                    prompt_tokens=usage[0] + more.prompt_tokens,
+                    completion_tokens=usage[1] + more.completion_tokens,
+                    latency_s=more.latency_s,
+                    retries=more.retries,
+                )
+                for first, usage, more in zip(short.samples, short.usages, rest, strict=True)
+            ]
+
+    async def _generate_apart(
+        self, rs: list[GenerateRequest], count: int, offset: int
+    ) -> list[CallResult[list[Completion]]]:
+        """``count`` samples of each of ``rs`` as ``count`` requests of one sample each (seeds
+        ``seed + offset + j``, so seeded samples differ), merged per prompt."""
+        waves = await asyncio.gather(
+            *(
+                self._generate_one_request(
+                    [
+                        dataclasses.replace(
+                            x, n=1, seed=None if x.seed is None else x.seed + offset + j
+                        )
+                        for x in rs
+                    ]
+                )
+                for j in range(count)
+            )
+        )
+        return [
+            CallResult(
+                [c for wave in waves for c in wave[i].value],
+                prompt_tokens=sum(wave[i].prompt_tokens for wave in waves),
+                completion_tokens=sum(wave[i].completion_tokens for wave in waves),
+                latency_s=max(wave[i].latency_s for wave in waves),
+                retries=sum(wave[i].retries for wave in waves),
+            )
+            for i in range(len(rs))
+        ]
+
+    async def _generate_one_request(
+        self, rs: list[GenerateRequest]
+    ) -> list[CallResult[list[Completion]]]:
         client = self._async_client()
         r = rs[0]
         common: dict[str, Any] = {
@@ -677,13 +751,25 @@ class OpenAIBackend(Backend):
         def parse(resp: Any) -> tuple[list[list[Completion]], list[tuple[int, int]]]:
             choices = sorted(resp.choices, key=lambda c: c.index)
             if len(choices) != r.n * len(rs):
-                raise ValueError(f"asked for {r.n * len(rs)} choices, got {len(choices)}")
+                per, odd = divmod(len(choices), len(rs))
+                if 0 < per < r.n and not odd:
+                    raise FewerChoices(
+                        [
+                            [convert(ch) for ch in choices[i * per : (i + 1) * per]]
+                            for i in range(len(rs))
+                        ],
+                        _usage_per_prompt(resp, len(rs)),
+                    )
+                raise WrongChoiceCount(
+                    f"openai backend: asked {self.model} for {r.n * len(rs)} choices "
+                    f"({len(rs)} prompt(s), n={r.n}), got {len(choices)}"
+                )
             samples = [
                 [convert(ch) for ch in choices[i * r.n : (i + 1) * r.n]] for i in range(len(rs))
             ]
             return samples, _usage_per_prompt(resp, len(rs))
 
-        (samples, usages), retries, latency = await self._with_retries(call, parse)
+        (samples, usages), retries, latency = await self._with_retries(call, parse, len(rs))
         return [
             CallResult(
                 completions,
@@ -732,6 +818,7 @@ class OpenAIBackend(Backend):
                 temperature=0.0,
             ),
             parse,
+            len(rs),
         )
         return [
             CallResult(
@@ -804,6 +891,7 @@ class OpenAIBackend(Backend):
         (rows, total), retries, latency = await self._with_retries(
             lambda: client.post("/bench/next_token_logprobs", cast_to=httpx.Response, body=body),
             parse,
+            len(group),
         )
         shares = [
             total // len(group) + (1 if i < total % len(group) else 0) for i in range(len(group))

@@ -8,7 +8,9 @@ csv and tsv always; hub names when online), with malformed rows reported by file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -44,6 +46,11 @@ def default_data_dirs() -> list[Path]:
     return dirs
 
 
+#: the prefix of fingerprints that cover a task's version, code and data location; older
+#: records' fingerprints (without it) covered only its examples and prompt limits.
+FINGERPRINT_SCHEME = "t2-"
+
+
 class Task(ABC):
     """Base class of tasks. Subclasses set the class attributes and implement `load_split`.
 
@@ -68,6 +75,8 @@ class Task(ABC):
     options: ClassVar[Mapping[str, str]] = {}
     #: short description for `bench ls tasks`.
     description: ClassVar[str] = ""
+    #: bumped when the task changes meaning without its code or data showing it (hashed).
+    version: ClassVar[str] = "1"
     input_prefix: ClassVar[str] = "Q: "
     output_prefix: ClassVar[str] = "A:"
 
@@ -153,10 +162,22 @@ class Task(ABC):
         # The answer limits of the prompt format decide what is scored, so they are hashed.
         limits = [self.instructions, self.labels, self.stop, self.max_tokens, self.prompt_format]
         h.update(json.dumps(limits).encode())
+        # What else makes two tasks of one name unlike: their version, the code that renders,
+        # extracts and scores (each class's file, plugins' included), where the data came
+        # from, and the task's options.
+        where = [str(self.data_dir.resolve()) if self.data_dir else None, self.option_values]
+        h.update(json.dumps([self.version, where], sort_keys=True, default=str).encode())
+        for cls in type(self).__mro__:
+            if not issubclass(cls, Task):
+                continue
+            with contextlib.suppress(TypeError, OSError):
+                source = inspect.getsourcefile(cls)
+                if source:
+                    h.update(Path(source).read_bytes())
         for split in SPLITS:
             for ex in self.examples(split):
                 h.update(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False).encode())
-        return h.hexdigest()[:16]
+        return FINGERPRINT_SCHEME + h.hexdigest()[:16]
 
     # -- prompting ------------------------------------------------------------------------
 

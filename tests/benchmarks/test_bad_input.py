@@ -587,3 +587,39 @@ def test_report_out_that_is_a_file_is_one_line(
     assert out.read_text() == "keep me"
     code, err = _bench(["report", str(results / "existing"), "--out", "/proc/forbidden"], capsys)
     assert_refused(code, err, "--out /proc/forbidden: cannot create", before, results)
+
+
+@pytest.mark.parametrize("backend", ["zoo", "hf"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[:8] + b"{garbage" + b[16:], id="header-json"),
+        pytest.param(lambda b: (2**40).to_bytes(8, "little") + b[8:], id="header-length"),
+        pytest.param(lambda b: b[:20], id="truncated"),
+    ],
+)
+def test_corrupted_weights_are_bad_input_exit_2(
+    backend: str,
+    damage: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A model directory whose weights header is damaged is refused while planning (exit 2,
+    one line naming the file), not taken for an endpoint that went away (exit 3)."""
+    import shutil
+
+    from benchmarks.tiny import tiny_model_dir
+
+    model = tmp_path / "bad"
+    shutil.copytree(tiny_model_dir(tmp_path / "tiny"), model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    results = tmp_path / "results"
+    argv = ["run", "--methods", "zero-shot", "--tasks", "zoo-sentiment", "--backend", backend]
+    argv += ["--model", str(model), "--limit", "2", "--results-dir", str(results)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--run-id", "r"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "model.safetensors" in err and "safetensors" in err
+    assert not (results / "r" / "cells").exists() or not any((results / "r" / "cells").iterdir())

@@ -6,18 +6,23 @@ are kept, and the cell is marked ``budget_exhausted`` in its record and in the r
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from benchmarks.backends.openai_backend import OpenAIBackend
 from benchmarks.cli import main
+from benchmarks.client import MeteredBlackBox
 from benchmarks.errors import BudgetExhausted
-from benchmarks.metering import Limits, PriceTable, Spend, SpendingGuard
+from benchmarks.faults import STATS_PATH, FaultSpec
+from benchmarks.metering import Limits, PriceTable, Spend, SpendingGuard, UsageMeter
 from benchmarks.results import RunStore
-from benchmarks.server import ServerHandle
+from benchmarks.server import ServerHandle, start_server
+from benchmarks.tiny import torch_threads
 from methods import BlackBoxTuner, register_method
 from methods.base import (
     AdaptedPolicy,
@@ -286,3 +291,67 @@ def test_a_method_that_swallows_the_error_is_still_stopped(tmp_path: Path, serve
     assert code == 1
     (cell,) = RunStore(tmp_path / "results" / "b").cells()
     assert cell.status == "budget_exhausted" and _billed_calls(cell.usage) == 5
+
+
+# -- retries count against the call caps ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failing_server(tiny_model: Path) -> Iterator[ServerHandle]:
+    spec = FaultSpec(0.3, seed=5, kinds=("500",))
+    with torch_threads(1), start_server(tiny_model, model_name="tiny", faults=spec) as handle:
+        yield handle
+
+
+def _requests_served(server: ServerHandle) -> int:
+    stats = httpx.get(server.base_url + STATS_PATH.removeprefix("/v1"), timeout=10).json()
+    return int(stats["requests"])
+
+
+def test_a_call_cap_caps_requests_sent_retries_included(failing_server: ServerHandle) -> None:
+    """--max-calls 20 against a server failing 30% of requests: at most 20 requests reach
+    it (each retry is one more), then the cap stops the work."""
+    backend = OpenAIBackend(
+        "tiny", base_url=failing_server.base_url, api="completions", max_retries=6, backoff_s=0.001
+    )
+    guard = SpendingGuard(PriceTable(), run=Limits(calls=20))
+    guard.start_cell()
+    box = MeteredBlackBox(backend, meter=UsageMeter(), guard=guard)
+    before = _requests_served(failing_server)
+    stopped = False
+    try:
+        for i in range(40):  # bounded: 40 calls would need 40 requests at least
+            try:
+                box.generate([f"Q: {i} + 1\nA:"], max_tokens=2)
+            except BudgetExhausted as exc:
+                assert "--max-calls 20" in str(exc)
+                stopped = True
+                break
+    finally:
+        backend.close()
+    sent = _requests_served(failing_server) - before
+    assert stopped and sent <= 20, sent
+    assert box.meter.summary()["retries"] > 0  # the faults did cause retries
+
+
+def test_help_says_a_call_cap_counts_retries(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--max-calls N model calls", "--max-cell-calls N model calls"):
+        after = text.split(flag, 1)[1][:120]
+        assert "retry" in after, after
+
+
+def test_a_cap_message_names_what_was_billed_and_what_is_in_flight(tmp_path: Path) -> None:
+    """Reservations of calls still in flight are not spending: the message says both."""
+    guard = SpendingGuard(_prices(tmp_path), cell=Limits(tokens=100))
+    guard.start_cell()
+    first, _ = guard.reserve("m", [(20, 10)] * 2)  # 30 tokens each at most
+    guard.settle(first[0], answered=True, prompt_tokens=20, completion_tokens=2)  # billed 22
+    more, refusal = guard.reserve("m", [(20, 10)] * 2)  # 22 + 30 + 30 fits; + 30 does not
+    assert len(more) == 1 and refusal is not None
+    message = str(refusal)
+    assert "billed 22 tokens" in message, message
+    assert "with 60 tokens reserved for calls in flight" in message, message
+    assert "the next call may need 30 tokens" in message

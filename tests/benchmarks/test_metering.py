@@ -87,3 +87,40 @@ def test_total_usd_sums_phases_and_is_na_when_any_call_is_unpriced() -> None:
     meter.record(_call("eval", "proposer", 1, 1, cached=False, model="unpriced"))
     assert total_usd(meter.summary()) is None
     assert total_usd(meter.summary(), phase="tune") == pytest.approx(0.15)
+
+
+def test_request_time_is_wall_time_and_sum_under_names_that_say_which() -> None:
+    """Two requests of 2 s each, in flight together for 1.5 s: 2.5 s of wall time with a
+    request in flight, 4 s of summed latency; no ambiguous ``latency_s``."""
+    meter = UsageMeter()
+    meter.record(CallRecord("task", "eval", "m", "generate", 1, 1, False, 2.0, answered_at=10.0))
+    meter.record(CallRecord("task", "eval", "m", "generate", 1, 1, False, 2.0, answered_at=10.5))
+    meter.record(CallRecord("task", "eval", "m", "generate", 1, 1, False, 1.0, answered_at=20.0))
+    meter.record(CallRecord("task", "eval", "m", "generate", 1, 1, True, 0.0, answered_at=0.0))
+    s = meter.summary()
+    assert s["request_wall_s"] == pytest.approx(3.5)
+    assert s["request_latency_sum_s"] == pytest.approx(5.0)
+    assert "latency_s" not in s
+
+
+def test_metered_calls_carry_their_answer_time(tmp_path: Path) -> None:
+    from benchmarks.backends.hf import HFBackend
+    from benchmarks.client import MeteredBlackBox
+    from benchmarks.tiny import tiny_model_dir, torch_threads
+
+    meter = UsageMeter()
+    bb = MeteredBlackBox(HFBackend(str(tiny_model_dir(tmp_path / "tiny"))), meter=meter)
+    with torch_threads(1):
+        bb.generate(["Q: 1 + 1\nA:"], n=1, temperature=0.0, max_tokens=3)
+    (call,) = meter.calls
+    assert call.answered_at > 0 and call.latency_s > 0
+    s = meter.summary()
+    assert 0 < s["request_wall_s"] <= s["request_latency_sum_s"] + 1e-9
+
+
+def test_old_records_request_time_reads_as_a_sum_with_unknown_wall_time() -> None:
+    from benchmarks.metering import request_seconds
+
+    assert request_seconds({"latency_s": 223.0}) == (None, 223.0)
+    assert request_seconds({"request_wall_s": 9.0, "request_latency_sum_s": 223.0}) == (9.0, 223.0)
+    assert request_seconds({}) == (None, None)

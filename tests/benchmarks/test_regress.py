@@ -255,3 +255,20 @@ def test_gate_on_real_runs(
     assert f"accuracy fell {drop:.3f}" in out
     assert "regressed: 1 of 2 method × task pairs (zero-shot on zoo-hops)" in out
     print(out)
+
+
+# -- unlike tasks ---------------------------------------------------------------------------------
+
+
+def test_a_task_whose_fingerprint_changed_is_not_compared_as_the_same() -> None:
+    def hashed(value: str | None) -> list[CellRecord]:
+        records = [_rec("zero-shot", "t", s) for s in (0, 1)]
+        for r in records:
+            r.task_hash = value
+        return records
+
+    (failure,) = _failures(hashed("t2-aaaa"), hashed("t2-bbbb"))
+    assert "not the same task" in failure and "t2-aaaa" in failure and "t2-bbbb" in failure
+    assert _failures(hashed("t2-aaaa"), hashed("t2-aaaa")) == []
+    # a baseline from before fingerprints covered code and data cannot tell: compared as before
+    assert _failures(hashed("0123456789abcdef"), hashed("t2-bbbb")) == []

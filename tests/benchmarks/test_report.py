@@ -62,6 +62,7 @@ def _usage(
     return {
         "billed": flavour,
         "idealized": flavour,
+        "unpriced_models": {},  # the dollars above say what is priced
         "compute": {"tune": {**block, "blocks": []}} if compute else {},
     }
 
@@ -447,3 +448,33 @@ def test_a_constant_cell_is_flagged_in_the_tables_and_listed(tmp_path: Path) -> 
     assert "- ⚠ `majority` seed 1: one answer throughout" in text
     assert "- ⚠ `majority` t1, seed 1: one answer throughout" in text
     assert "⚠" in (out / "index.html").read_text(encoding="utf-8")
+
+
+# -- dollars of unpriced models -------------------------------------------------------------------
+
+
+def test_unpriced_model_is_na_in_every_dollar_column_even_with_no_calls_in_a_phase() -> None:
+    """zero-shot makes no tuning call; on an unpriced model its tuning dollars are n/a like
+    every other unpriced figure, not $0.0000 (a new record, summarized by the meter)."""
+    from benchmarks.metering import CallRecord, PriceTable, summarize
+
+    call = CallRecord("task", "eval", "no-price-model", "generate", 90, 10, False, 0.1)
+    record, _ = _cell("zero-shot", "t1", 0, [1.0, 0.0])
+    record.model = "no-price-model"
+    record.usage = summarize([call], [], PriceTable())
+    (row,) = leaderboard_rows([record])["t1"]
+    assert row.tune_usd is None and row.eval_usd_per_1k is None
+
+
+def test_unpriced_model_is_na_in_an_old_record_without_its_model_list() -> None:
+    """Records written before the meter listed unpriced models read the same way."""
+    record, _ = _cell("zero-shot", "t1", 0, [1.0, 0.0], eval_=100)
+    del record.usage["unpriced_models"]
+    assert record.model == "m"  # not in the price table
+    (row,) = leaderboard_rows([record])["t1"]
+    assert row.tune_usd is None and row.eval_usd_per_1k is None
+    priced, _ = _cell("zero-shot", "t1", 0, [1.0, 0.0], eval_=100, eval_usd=0.5)
+    del priced.usage["unpriced_models"]
+    priced.model = "gpt-4o-mini"
+    (row,) = leaderboard_rows([priced])["t1"]
+    assert row.tune_usd == 0.0 and row.eval_usd_per_1k == 250.0

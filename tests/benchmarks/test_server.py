@@ -334,7 +334,8 @@ def test_start_failures_are_reported(
     (broken / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (broken / "model.safetensors").write_bytes(b"junk")
     assert main(["--model-dir", str(broken), "--port", "0"]) == 2
-    assert "cannot load a model" in capsys.readouterr().err
+    # refused from its weights header, naming the file, before anything is loaded
+    assert "model.safetensors: not a valid safetensors file" in capsys.readouterr().err
     # The child dies (its port is taken): the error carries the child's last words.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -608,3 +609,38 @@ def test_a_long_generation_stops_when_told(engine: HFEngine) -> None:
     with pytest.raises(GenerationCancelled):
         engine.generate(["yes"] * 100, n=2, temperature=1.0, max_tokens=50, should_stop=stop)
     assert steps == 4  # noticed between decoding steps, not after the 200 rows
+
+
+def test_ready_line_names_address_model_capabilities_and_key(server: ServerHandle) -> None:
+    """`bench serve` says once it is ready where it listens, what it serves and whether a
+    key is needed (never the key itself)."""
+    log = server.log_tail(50)
+    assert server.base_url in log, log
+    ready = [line for line in log.splitlines() if server.base_url in line]
+    assert len(ready) == 1 and MODEL in ready[0]
+    assert "next_token_logits" in log and "generate" in log
+    assert API_KEY_ENV in log and "required" in log
+    assert KEY not in log
+
+
+def test_prompts_given_as_token_ids_answer_as_their_text(
+    http: httpx.Client, engine: HFEngine
+) -> None:
+    """The completions API takes a prompt as token ids (a list of ints) and a batch of such
+    (a list of lists): each answers as the text those ids decode to would."""
+    ids = engine.encode(PROMPT)
+    body = {"model": MODEL, "max_tokens": 5, "temperature": 0}
+    text = http.post("/completions", json={**body, "prompt": PROMPT}).json()
+    one = http.post("/completions", json={**body, "prompt": ids})
+    assert one.status_code == 200, one.text
+    assert one.json()["choices"][0]["text"] == text["choices"][0]["text"]
+    assert one.json()["usage"]["prompt_tokens"] == len(ids)
+    two = http.post("/completions", json={**body, "prompt": [ids, ids[:5]]})
+    assert two.status_code == 200, two.text
+    assert len(two.json()["choices"]) == 2
+    assert two.json()["choices"][0]["text"] == text["choices"][0]["text"]
+    echo = http.post("/completions", json={**body, "prompt": ids, "echo": True})
+    assert echo.json()["choices"][0]["text"].startswith(engine.decode(ids))
+    # ids outside the vocabulary and empty id lists are a 400 naming the prompt
+    for bad in ([engine.vocab_size], [-1], [[]], [ids, [True]]):
+        assert_error(http.post("/completions", json={**body, "prompt": bad}), 400)

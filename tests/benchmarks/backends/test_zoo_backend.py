@@ -61,12 +61,25 @@ def test_the_card_known_without_a_server_is_the_servers(model: Path, grey_box: b
 def test_a_server_that_cannot_start_stops_the_run_with_its_reason(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text('{"n_positions": 64}')
-    (broken / "model.safetensors").write_bytes(b"not weights")
+    # Weights that read as safetensors (an empty header), a config no loader knows.
+    (broken / "config.json").write_text('{"n_positions": 64, "model_type": "no-such-model"}')
+    (broken / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
     backend = ZooBackend(str(broken), timeout_s=1.0)
     backend.check_ready()
     with pytest.raises(BackendUnavailable, match="zoo backend: "):
         backend.start()
+
+
+def test_weights_that_are_not_safetensors_are_bad_input_before_any_server(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"n_positions": 64}')
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(BenchError, match=r"model\.safetensors: not a valid safetensors") as caught:
+        ZooBackend(str(broken), timeout_s=1.0)
+    assert not isinstance(caught.value, BackendUnavailable)
 
 
 def test_dead_server_is_reported_not_retried(model: Path) -> None:

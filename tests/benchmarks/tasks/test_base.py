@@ -259,3 +259,49 @@ def test_fingerprint_changes_with_the_format_limits() -> None:
 def test_unknown_prompt_format_is_refused() -> None:
     with pytest.raises(BenchError, match="unknown prompt format 'chatml'; valid: raw, chat"):
         _Tiny(prompt_format="chatml")
+
+
+def test_fingerprint_covers_version_code_data_location_and_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks of one name with the same examples but another version, code, data folder
+    or options never share a fingerprint (caches, memos and the gate would mix them)."""
+    import importlib.util
+    import sys
+    import textwrap
+
+    source = textwrap.dedent(
+        """
+        from benchmarks.tasks.base import Task
+        from methods import Example
+
+        class Fixed(Task):
+            name = "fixed"
+            options = {"flavour": "unused"}
+
+            def load_split(self, split):
+                return [Example(f"{split}-0", "1 + 1", "2")]
+
+            def extract(self, text, example):
+                return text.strip() or None
+        """
+    )
+
+    def load(text: str, module: str) -> type:
+        path = tmp_path / f"{module}.py"
+        path.write_text(text, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(module, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, module, mod)  # as an imported plugin module is
+        spec.loader.exec_module(mod)
+        return mod.Fixed  # type: ignore[no-any-return]
+
+    fixed = load(source, "fixed_a")
+    base = fixed().fingerprint()
+    assert base == fixed().fingerprint()
+    assert fixed(data_dir=tmp_path).fingerprint() != base
+    assert fixed(flavour="x").fingerprint() != base
+    assert type("Bumped", (fixed,), {"version": "2"})().fingerprint() != base
+    changed = load(source + "\n# scoring changed\n", "fixed_b")
+    assert changed().fingerprint() != base
