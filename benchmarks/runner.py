@@ -802,16 +802,7 @@ class Runner:
                 {"cell": cell.cid, "traceback": self._scrub(traceback.format_exc())},
             )
             return self._failed(store, base, meter, tuner, f"{type(exc).__name__}: {exc}")
-        record = _evaluated_record(
-            base,
-            meter,
-            tuner,
-            task,
-            rows,
-            wall,
-            status="ok",
-            artifact_bytes=directory_bytes(store.artifact_dir(cell.cid)),
-        )
+        record = _evaluated_record(store, base, meter, tuner, task, rows, wall, status="ok")
         store.write_cell(record, rows)
         self.on_event(
             "cell_done",
@@ -871,6 +862,7 @@ class Runner:
             "tuning" if phase == "tune" else f"evaluation, {len(rows)} of {n_test} examples done"
         )
         record = _evaluated_record(
+            store,
             base,
             meter,
             tuner,
@@ -879,7 +871,6 @@ class Runner:
             wall,
             status="budget_exhausted",
             reason=self._scrub(f"{exc} (stopped during {where})"),
-            artifact_bytes=directory_bytes(store.artifact_dir(base["cell_id"])),
         )
         store.write_cell(record, rows)
         self.on_event("cell_budget_exhausted", {"cell": base["cell_id"], "reason": record.reason})
@@ -907,6 +898,7 @@ class Runner:
 
 
 def _evaluated_record(
+    store: RunStore,
     base: dict[str, Any],
     meter: UsageMeter,
     tuner: BlackBoxTuner,
@@ -916,7 +908,8 @@ def _evaluated_record(
     **fields: Any,
 ) -> CellRecord:
     """The record of a cell that reached evaluation (finished, or stopped by a cap), its
-    accuracy the mean score of the rows it has (None for none)."""
+    accuracy the mean score of the rows it has (None for none), with the bytes its saved
+    artifacts take."""
     return CellRecord(
         **base,
         **fields,
@@ -929,6 +922,7 @@ def _evaluated_record(
         wall_s=wall,
         task_hash=task.fingerprint(),
         provenance=provenance(),
+        artifact_bytes=directory_bytes(store.artifact_dir(base["cell_id"])),
     )
 
 
