@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from methods.adapters import is_zoo_model_dir
 from methods.base import AUTO_MODEL, BlackBoxTuner, CompanionRole
 from methods.bbox import MINILM
 from methods.bbox import MINILM_PACKAGE as BBOX_MINILM_PACKAGE
@@ -59,16 +60,15 @@ def black_box_dir(model: str) -> Path | None:
 
 
 def is_zoo_model(model: str | Path) -> bool:
-    """Whether ``model`` is one of the zoo's models (trained on the zoo's generated corpus)."""
+    """Whether ``model`` is one of the zoo's models (trained on the zoo's generated corpus):
+    a zoo name, or a directory the zoo's trainer wrote (the mark `methods.adapters` reads too,
+    so a copy of a zoo model elsewhere is still one)."""
     from benchmarks import zoo
 
-    path = Path(model).expanduser()
     if str(model) in zoo.available():
         return True
-    try:
-        return path.is_dir() and path.resolve().parent == zoo.WEIGHTS.resolve()
-    except OSError:
-        return False
+    path = Path(model).expanduser()
+    return path.is_dir() and is_zoo_model_dir(path)
 
 
 def named_spec(model: str) -> Any:

@@ -130,6 +130,18 @@ def test_a_zoo_corrector_for_a_real_black_box_is_refused(home: Path, tmp_path: P
         assert f"{method}.{field}=zoo-small learned only the zoo's generated corpus" in reason
 
 
+def test_a_copy_of_a_zoo_model_is_still_a_zoo_model(home: Path, tmp_path: Path):
+    """A zoo model copied elsewhere still knows only the zoo's corpus: refused as a corrector
+    of a real black box, like the original (the trainer's mark goes with the copy)."""
+    import shutil
+
+    from benchmarks.zoo import model_dir
+
+    copy = shutil.copytree(model_dir("zoo-small"), tmp_path / "my-corrector")
+    missing, _ = _plan(tmp_path, TINY_LLAMA, ["aligner"], aligner={"corrector": str(copy)})
+    assert "learned only the zoo's generated corpus" in _one(missing["aligner"])
+
+
 def test_the_zoo_black_box_keeps_zoo_small(tmp_path: Path):
     methods = [*TOKEN_METHODS, "aligner", "bbox"]
     missing, runner = _plan(tmp_path, "zoo-large", methods)
