@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--api-key-env", default=None, help="environment variable holding the key")
     run.add_argument("--api-key-file", type=Path, default=None, help="file holding the key")
-    run.add_argument("--capabilities", default=None, help="override the backend's capabilities")
+    run.add_argument(
+        "--capabilities",
+        default=None,
+        help="declare the endpoint's capabilities (comma-separated) instead of probing them",
+    )
     run.add_argument("--concurrency", type=_positive_int, default=None, help="requests in flight")
     run.add_argument(
         "--proposer",
@@ -270,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         default=None,
-        help="plan and print the projected spend, then stop",
+        help="plan and print the projected spend, then stop (an openai endpoint still gets "
+        "its capability probe: a request of one token per capability)",
     )
     run.add_argument(
         "--executor",

@@ -396,7 +396,10 @@ class Runner:
         cells = []
         for method in cfg.methods:
             cls = get_method(method)
-            missing = missing_capabilities(cls.requires, frozenset(self.backend.capabilities))
+            missing = [
+                self._with_probe_note(need)
+                for need in missing_capabilities(cls.requires, frozenset(self.backend.capabilities))
+            ]
             tuner, gap = self._tuner(method)
             if not missing:
                 gap = gap or self._companion_refusal(tuner)
@@ -528,6 +531,25 @@ class Runner:
                 spec["options"] = {**spec["options"], "prompt_format": backend.prompt_format}
         return described
 
+    def _with_probe_note(self, need: str) -> str:
+        """A missing capability (``a or b`` for alternatives), with what the endpoint's
+        probe found against it."""
+        assert self.backend is not None
+        options = need.split(" or ")
+        found = [(o, why) for o in options if (why := self.backend.why_not(o)) is not None]
+        if not found:
+            return need
+        said = "; ".join(why if len(options) == 1 else f"{o}: {why}" for o, why in found)
+        return f"{need}; the endpoint's probe found: {said}"
+
+    def endpoint_records(self) -> dict[str, Any]:
+        """The black box's (and a separate proposer's) `Backend.endpoint_record`."""
+        assert self.backend is not None
+        records = {"black_box": self.backend.endpoint_record()}
+        if self.proposer_backend is not None and self.proposer_backend is not self.backend:
+            records["proposer"] = self.proposer_backend.endpoint_record()
+        return records
+
     def _check_resume(self, store: RunStore) -> None:
         """A resumed run must have been started with the same settings (after the backends
         are open: the prompt format a backend resolves is one of them)."""
@@ -644,6 +666,8 @@ class Runner:
                             "cell": self.config.cell_limits.describe(),
                         },
                         "provenance": provenance(),
+                        # what each endpoint was found to offer (the plan follows it)
+                        "endpoints": self.endpoint_records(),
                         "cells": [c.cid for c in plan.cells],
                     }
                 )

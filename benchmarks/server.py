@@ -386,7 +386,6 @@ def create_app(
     if faults is not None:
         # Inside the key check (added before it): a request with a wrong key gets its 401.
         app.add_middleware(FaultInjector, spec=faults)  # type: ignore[arg-type]
-    capabilities = served_capabilities(grey_box)
     expected_auth = f"Bearer {api_key}".encode() if api_key else None
 
     @app.exception_handler(APIError)
@@ -432,10 +431,8 @@ def create_app(
             "object": "model",
             "created": 0,
             "owned_by": "blackbox-bench",
-            "capabilities": capabilities,
             "context_length": engine.context_length,
-            # Extension: /v1/completions answers a list of prompts in one request.
-            "prompt_lists": True,
+            **card_extensions(grey_box),
         }
 
     @app.get("/v1/models")
@@ -1044,6 +1041,17 @@ class ServerHandle:
 def served_capabilities(grey_box: bool) -> list[str]:
     """What the server advertises in its model card (``/v1/models``)."""
     return [GENERATE, LOGPROBS, SCORE] + ([NEXT_TOKEN_LOGITS, PROMPT_EMBEDS] if grey_box else [])
+
+
+def card_extensions(grey_box: bool) -> dict[str, Any]:
+    """What the model card (``/v1/models``) says beyond OpenAI's fields."""
+    return {
+        "capabilities": served_capabilities(grey_box),
+        # /v1/completions answers a list of prompts in one request.
+        "prompt_lists": True,
+        # echo with max_tokens=0 generates nothing (some servers read 0 as "no limit").
+        "echo_without_generation": True,
+    }
 
 
 def ready_lines(*, host: str, port: int, model_name: str, grey_box: bool, api_key: bool) -> str:

@@ -180,6 +180,14 @@ class Backend(ABC):
     def check_ready(self) -> None:
         """Raise `BenchError` if the backend cannot serve (no key, no server), before spending."""
 
+    def endpoint_record(self) -> dict[str, Any]:
+        """What run.json says of the endpoint: what it offers and how that was learned."""
+        return {"model": self.model, "capabilities": sorted(self.capabilities), "source": "backend"}
+
+    def why_not(self, capability: str) -> str | None:
+        """Why the endpoint lacks ``capability`` when a probe found out, else None."""
+        return None
+
     def close(self) -> None:
         """Release connections, processes and memory."""
 

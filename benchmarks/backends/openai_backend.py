@@ -23,10 +23,17 @@ prompt still goes as a string), sparing client and server the per-request work. 
 prompt come from the server's ``usage_per_prompt``, else the request's ``usage`` is split
 evenly (totals exact). A retry of such a request is counted once, on its first prompt.
 
-Capabilities: `generate` and `logprobs` on both APIs; `score` (echo) on the completions API
-where the server supports echo; the grey-box extensions of the project's server
-(`next_token_logits`, `prompt_embeds`) where its ``/v1/models`` entry lists them. A server's
-advertised list wins; ``capabilities=`` overrides both.
+Capabilities are probed, not assumed (`check_ready`): one tiny request each for `generate`,
+`logprobs` and, on the completions API, `score` (echo), and for the grey-box extensions of
+the project's server (`next_token_logits`, `prompt_embeds`) where its ``/v1/models`` entry lists
+them. What was found (and why a capability is missing) is kept once per endpoint for the
+process (`EndpointProbe`) and recorded in run.json; ``capabilities=`` skips the probe.
+
+Scoring reads the log-probabilities ``echo`` returns for the prompt + continuation. Servers
+differ on ``max_tokens=0`` (some read it as "no limit" and generate after the echo), so only
+the tokens whose offsets fall inside the continuation are counted, and a server asks for at
+most one new token, which is dropped: 0 only where the server's model card says it generates
+nothing then (the project's server).
 """
 
 from __future__ import annotations
@@ -104,6 +111,77 @@ class FewerChoices(Exception):
 
 class WrongChoiceCount(BenchError):
     """Choices that cannot be shared out among the prompts: not retried (it cannot change)."""
+
+
+class EchoUnusable(BenchError):
+    """An echo answer without token offsets: not retried (asking again gets the same)."""
+
+
+#: the probe's request: a prompt any model continues, and the continuation scored after it.
+PROBE_PROMPT = "The capital of France is"
+PROBE_CONTINUATION = " Paris"
+PROBE_OK = "ok"
+_READ_ERRORS = (AttributeError, KeyError, IndexError, TypeError, ValueError)
+
+
+@dataclass(frozen=True)
+class EndpointProbe:
+    """What one endpoint answered to the capability probe.
+
+    Attributes:
+        found: capability -> "ok", or why it is not offered.
+        prompt_tokens, completion_tokens: what the probe's requests billed.
+    """
+
+    found: dict[str, str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def offered(self) -> frozenset[str]:
+        return frozenset(cap for cap, verdict in self.found.items() if verdict == PROBE_OK)
+
+
+#: probes by endpoint (URL, model, API, ...) for this process: a grid probes each once.
+_PROBES: dict[tuple[Any, ...], EndpointProbe] = {}
+_PROBES_LOCK = threading.Lock()
+
+
+def _logprobs_verdict(resp: Any) -> str:
+    """PROBE_OK if a generation came back with token log-probabilities and alternatives."""
+    try:
+        choice = resp.choices[0]
+        lp = choice.logprobs
+        if lp is None:
+            return "the answer carried no log-probabilities"
+        if getattr(lp, "content", None) is not None:  # chat
+            first = lp.content[0]
+            ok = isinstance(first.logprob, float | int) and bool(first.top_logprobs)
+        else:
+            ok = isinstance(lp.token_logprobs[0], float | int) and bool(lp.top_logprobs)
+    except _READ_ERRORS:
+        return "the answer's log-probabilities could not be read"
+    return PROBE_OK if ok else "the answer carried no alternatives (top_logprobs)"
+
+
+def _echo_verdict(resp: Any, start: int, text: str) -> str:
+    """PROBE_OK if ``echo`` gave back ``text`` token by token with offsets and a
+    log-probability for each token after ``start`` (what scoring reads); else why not."""
+    try:
+        lp = resp.choices[0].logprobs
+        if lp is None or not lp.tokens:
+            return "echo returned no token log-probabilities"
+        offsets = list(lp.text_offset or [])
+        if len(offsets) != len(lp.tokens):
+            return "echo returned no token offsets"
+        inside = [i for i, off in enumerate(offsets) if off < len(text)]
+        if "".join(lp.tokens[i] for i in inside) != text:
+            return "echo did not return the prompt's own tokens"
+        scored = [lp.token_logprobs[i] for i in inside if offsets[i] >= start]
+    except _READ_ERRORS:
+        return "echo's log-probabilities could not be read"
+    if not scored or not all(isinstance(x, float | int) for x in scored):
+        return "echo gave no log-probabilities for the continuation"
+    return PROBE_OK
 
 
 def safe_url(url: str | None) -> str:
@@ -380,10 +458,16 @@ class OpenAIBackend(Backend):
         self._key_env = api_key_env
         self._key_file = Path(api_key_file) if api_key_file else None
         self._override = parse_capabilities(capabilities)
-        self.capabilities = self._override or frozenset(
-            {GENERATE, LOGPROBS}
-            | ({SCORE} if api == "completions" and is_loopback(base_url) else set())
-        )
+        # Until `check_ready` probes the endpoint, what any compatible server offers.
+        self.capabilities = self._override or frozenset({GENERATE, LOGPROBS})
+        #: what `check_ready` found (None before it, or with ``capabilities=``).
+        self.probe: EndpointProbe | None = None
+        #: the card's grey-box extensions, verified by the probe.
+        self._advertised: frozenset[str] = frozenset()
+        #: new tokens a scoring request asks for (see the module notes).
+        self.echo_max_tokens = 1
+        #: where the capabilities came from when no probe ran.
+        self.declared_by = "not probed"
         self.limiter = AdaptiveLimiter(concurrency)
         #: send several prompts per completions request: only to a server that says it
         #: answers a list of prompts (the project's does; not every compatible server does).
@@ -429,6 +513,8 @@ class OpenAIBackend(Backend):
             )
         if is_loopback(self.base_url):
             self._read_server_capabilities()
+        if self._override is None:
+            self._probe_capabilities()
 
     def _read_server_capabilities(self) -> None:
         async def fetch() -> Any:
@@ -455,11 +541,149 @@ class OpenAIBackend(Backend):
             self.context_length = int(card["context_length"])
         if card.get("prompt_lists"):
             self.prompt_lists = True
+        if card.get("echo_without_generation"):
+            self.echo_max_tokens = 0
         if advertised and self._override is None:
             caps = set(advertised)
             if self.api == "chat":
                 caps.discard(SCORE)  # echo exists only on the completions API
             self.capabilities = frozenset(caps)
+            self._advertised = frozenset(caps & {NEXT_TOKEN_LOGITS, PROMPT_EMBEDS})
+
+    # -- capability probe -----------------------------------------------------------------
+
+    def _probe_capabilities(self) -> None:
+        """Find what the endpoint offers with a tiny request per capability (once per endpoint
+        in this process) and plan from that.
+
+        Raises:
+            BenchError: the endpoint cannot even generate (a wrong model name, a refused
+                key): nothing else could run.
+        """
+        key = (self.base_url, self.model, self.api, self.echo_max_tokens, self._advertised)
+        with _PROBES_LOCK:
+            probe = _PROBES.get(key)
+        if probe is None:
+            probe = self._run_probe()
+            with _PROBES_LOCK:
+                _PROBES[key] = probe
+        self.probe = probe
+        self.capabilities = probe.offered()
+
+    def _run_probe(self) -> EndpointProbe:
+        found: dict[str, str] = {}
+        spent = [0, 0]
+
+        def ask(**params: Any) -> Any:
+            """One probe request; a 4xx answer is returned as the exception (not retried)."""
+
+            async def call() -> Any:
+                client = self._async_client()
+                if self.api == "completions":
+                    return await client.completions.create(model=self.model, **params)
+                return await client.chat.completions.create(
+                    model=self.model, messages=self.chat_messages(PROBE_PROMPT), **params
+                )
+
+            def parse(resp: Any) -> Any:
+                prompt_tokens, completion_tokens = _usage(resp)
+                spent[0] += prompt_tokens
+                spent[1] += completion_tokens
+                return resp
+
+            value, _, _ = self._run(self._with_retries(call, parse))
+            return value
+
+        prompt = {"prompt": PROBE_PROMPT} if self.api == "completions" else {}
+        try:
+            ask(**prompt, max_tokens=1, temperature=0.0)
+        except BackendUnavailable:
+            raise
+        except BenchError as exc:
+            raise BenchError(
+                f"openai backend: {safe_url(self.base_url)} cannot generate with model "
+                f"{self.model} ({exc})"
+            ) from None
+        found[GENERATE] = PROBE_OK
+        lp_params = (
+            {"logprobs": 1} if self.api == "completions" else {"logprobs": True, "top_logprobs": 1}
+        )
+        found[LOGPROBS] = self._probe_step(
+            lambda: _logprobs_verdict(ask(**prompt, max_tokens=1, temperature=0.0, **lp_params))
+        )
+        if self.api == "completions":
+            found[SCORE] = self._probe_step(
+                lambda: _echo_verdict(
+                    ask(
+                        prompt=PROBE_PROMPT + PROBE_CONTINUATION,
+                        echo=True,
+                        logprobs=0,
+                        max_tokens=self.echo_max_tokens,
+                        temperature=0.0,
+                    ),
+                    len(PROBE_PROMPT),
+                    PROBE_PROMPT + PROBE_CONTINUATION,
+                )
+            )
+        else:
+            found[SCORE] = "not on the chat API (echo is a completions-API feature)"
+        if NEXT_TOKEN_LOGITS in self._advertised:
+
+            def next_token() -> str:
+                (row,) = self._run(self._next_token_group([NextTokenRequest(PROBE_PROMPT)]))
+                spent[0] += row.prompt_tokens
+                ok = row.value.ndim == 1 and row.value.size > 1 and np.isfinite(row.value).any()
+                return PROBE_OK if ok else "the next-token distribution came back empty"
+
+            found[NEXT_TOKEN_LOGITS] = self._probe_step(next_token)
+        if PROMPT_EMBEDS in self._advertised:
+
+            def embeds() -> str:
+                dim = int(self._get_json("/bench/embedding_stats")["dim"])
+                return PROBE_OK if dim > 0 else "no embedding size"
+
+            found[PROMPT_EMBEDS] = self._probe_step(embeds)
+        return EndpointProbe(found, prompt_tokens=spent[0], completion_tokens=spent[1])
+
+    def _probe_step(self, step: Callable[[], str]) -> str:
+        """The verdict of one probe: PROBE_OK or why not (a refused request included)."""
+        try:
+            return step()
+        except BackendUnavailable:
+            raise
+        except (BenchError, *_READ_ERRORS) as exc:
+            return f"refused: {_first_line(exc)}"
+
+    def endpoint_record(self) -> dict[str, Any]:
+        """What run.json says of this endpoint: where (no secrets), what it offers and how
+        that was learned."""
+        record: dict[str, Any] = {
+            "url": safe_url(self.base_url),
+            "model": self.model,
+            "api": self.api,
+            "capabilities": sorted(self.capabilities),
+        }
+        if self.probe is None:
+            record["source"] = (
+                "declared with --capabilities" if self._override else self.declared_by
+            )
+        else:
+            record["source"] = "probed"
+            record["probe"] = dict(self.probe.found)
+            record["probe_tokens"] = {
+                "prompt": self.probe.prompt_tokens,
+                "completion": self.probe.completion_tokens,
+            }
+        if SCORE in self.capabilities:
+            record["echo_max_tokens"] = self.echo_max_tokens
+        return record
+
+    def why_not(self, capability: str) -> str | None:
+        """What the probe found against ``capability`` (None if it was not probed)."""
+        if self.probe is None:
+            return None
+        verdict = self.probe.found.get(capability)
+        return None if verdict in (None, PROBE_OK) else verdict
 
     def gone(self) -> str | None:
         """Why the endpoint is known to be gone for good (a dead local server), else None."""
@@ -798,11 +1022,19 @@ class OpenAIBackend(Backend):
             if len(choices) != len(rs):
                 raise ValueError(f"asked for {len(rs)} choices, got {len(choices)}")
             scored = []
-            for r, choice in zip(rs, choices, strict=True):
+            for r, text, choice in zip(rs, texts, choices, strict=True):
                 lp = choice.logprobs
                 offsets = list(lp.text_offset or [])
-                start = len(r.prompt)
-                chosen = [i for i, off in enumerate(offsets) if off >= start] if offsets else []
+                if len(offsets) != len(lp.tokens or ()):
+                    raise EchoUnusable(
+                        f"openai backend: {self.model} answered echo without token offsets; "
+                        "scoring cannot tell the continuation's tokens (pass --capabilities "
+                        "without score)"
+                    )
+                # Only the continuation's tokens: not the prompt's, and not what a server
+                # generated after the echo.
+                start, end = len(r.prompt), len(text)
+                chosen = [i for i, off in enumerate(offsets) if start <= off < end]
                 tokens = tuple(lp.tokens[i] for i in chosen)
                 logprobs = tuple(float(lp.token_logprobs[i] or 0.0) for i in chosen)
                 scored.append(ScoredText(tokens, logprobs))
@@ -813,7 +1045,7 @@ class OpenAIBackend(Backend):
                 model=self.model,
                 prompt=texts[0] if len(rs) == 1 else texts,
                 echo=True,
-                max_tokens=0,
+                max_tokens=self.echo_max_tokens,
                 logprobs=0,
                 temperature=0.0,
             ),
@@ -824,11 +1056,13 @@ class OpenAIBackend(Backend):
             CallResult(
                 value,
                 prompt_tokens=prompt_tokens,
-                completion_tokens=0,
+                completion_tokens=completion_tokens,  # the dropped new token is still billed
                 latency_s=latency,
                 retries=retries if i == 0 else 0,
             )
-            for i, (value, (prompt_tokens, _)) in enumerate(zip(scored, usages, strict=True))
+            for i, (value, (prompt_tokens, completion_tokens)) in enumerate(
+                zip(scored, usages, strict=True)
+            )
         ]
 
     def next_token_batch(

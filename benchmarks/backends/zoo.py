@@ -85,20 +85,18 @@ class ZooBackend(OpenAIBackend):
             self.start()
             super().check_ready()
         else:
+            # The project's own server, from its code: nothing to probe.
             self._apply_model_card(card)
+            self.declared_by = "the project's server card (read from the model directory)"
 
     def _local_card(self) -> dict[str, Any] | None:
-        from benchmarks.server import served_capabilities
+        from benchmarks.server import card_extensions
 
         config = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
         window = config.get("max_position_embeddings") or config.get("n_positions")
         if not window:
             return None
-        return {
-            "capabilities": served_capabilities(self.grey_box),
-            "context_length": int(window),
-            "prompt_lists": True,
-        }
+        return {"context_length": int(window), **card_extensions(self.grey_box)}
 
     def start(self) -> None:
         """Start the server if it is not running (the first request does it otherwise); a

@@ -372,9 +372,9 @@ def test_prompt_lists_survive_429s_and_count_each_retry_once(
         max_retries=30,
         backoff_s=0.005,
     )
-    before = httpx.get(throttling_server.base_url + STATS_PATH.removeprefix("/v1")).json()
     try:
-        listed.check_ready()
+        listed.check_ready()  # its capability probe is not part of the count
+        before = httpx.get(throttling_server.base_url + STATS_PATH.removeprefix("/v1")).json()
         expected = [r.value[0].text for r in clean.generate_batch(requests)]
         results = listed.generate_batch(requests)
     finally:
