@@ -288,7 +288,15 @@ class Aligner(BlackBoxTuner):
                 )
             return train_sft(corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event)
 
-        ctx.train(
+        cut = sum(corrector.cut(t.question, t.answer, t.correction) for t in triples)
+        if cut:
+            ctx.disclose(
+                "truncated",
+                f"{cut} of {len(triples)} training sequences cut to the corrector's "
+                f"{corrector.max_length}-token window (the answer's end first, then the "
+                "question's start)",
+            )
+        losses = ctx.train(
             "train corrector",
             fit_corrector,
             inputs={
@@ -301,6 +309,8 @@ class Aligner(BlackBoxTuner):
             },
             state=[corrector.model],
         )
+        # the epochs' losses, also when the training cache skipped training (and its events)
+        ctx.on_event("train_loss", {"label": "train corrector", "losses": losses})
         return CorrectorPolicy(
             corrector,
             template=cfg.template,

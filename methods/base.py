@@ -298,6 +298,41 @@ class _NoCompute:
         yield {}
 
 
+DisclosureKind = Literal[
+    "no-change", "truncated", "not-sent", "k-reduced", "substitute", "companion", "prompt-format"
+]
+
+#: what each kind of disclosure tells a reader of the cell's accuracy (leaderboard legends).
+DISCLOSURE_KINDS: dict[str, str] = {
+    "no-change": "returned its starting prompt or point: the row measures the untuned start",
+    "truncated": "a meta-prompt, demonstrations or training sequences were cut to fit a window",
+    "not-sent": "requests the method made were never sent (they did not fit the window)",
+    "k-reduced": "fewer demonstrations, examples or calls than configured",
+    "substitute": "a stand-in for what the method as published reads or trains on",
+    "companion": "the white-box model that filled a companion role",
+    "prompt-format": "prompts reached the model in a format other than its default",
+}
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """Where a cell departs from its method as published, said where it happens.
+
+    Attributes:
+        kind: one of `DISCLOSURE_KINDS`.
+        detail: one line with the counts (e.g. "40 of 48 DE requests not sent: ...").
+    """
+
+    kind: DisclosureKind
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISCLOSURE_KINDS:
+            raise BenchError(
+                f"unknown disclosure kind {self.kind!r}; valid: {', '.join(DISCLOSURE_KINDS)}"
+            )
+
+
 @dataclass
 class TuneContext:
     """Everything a tuner gets besides data and models.
@@ -313,6 +348,9 @@ class TuneContext:
             resolves names to local files and raises a one-line error for unknown ones.
         training_cache: where `train` keeps training outcomes (a `methods.artifacts.
             TrainingCache`), or None to always train.
+        disclosures: what `disclose` collected (the harness adds its own and records them).
+        trace: every event sent through ``on_event``, in order, as ``{"event": name, **fields}``:
+            the tuner's trace (proposals and scores, populations, losses), saved with the cell.
     """
 
     seed: int = 0
@@ -322,6 +360,24 @@ class TuneContext:
     workdir: Path | None = None
     resolve_model: Callable[[str], Path] = field(default=lambda name: _local_model_dir(name))
     training_cache: TrainingCache | None = None
+    disclosures: list[Disclosure] = field(default_factory=list)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        send = self.on_event
+
+        def on_event(event: str, fields: Mapping[str, Any]) -> None:
+            self.trace.append({"event": event, **fields})
+            send(event, fields)
+
+        self.on_event = on_event
+
+    def disclose(self, kind: DisclosureKind, detail: str) -> None:
+        """Say where this cell departs from the method as published (`DISCLOSURE_KINDS`),
+        with the counts in ``detail``; the leaderboard marks the cell's accuracy with it."""
+        item = Disclosure(kind, detail)
+        if item not in self.disclosures:
+            self.disclosures.append(item)
 
     def train(
         self, label: str, fn: Callable[[], T], *, inputs: Any, state: Sequence[Any] = ()
@@ -348,12 +404,14 @@ def _local_model_dir(name: str) -> Path:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A policy's output for one example: the raw text and the extracted answer."""
+    """A policy's output for one example: the raw text, the extracted answer, and the prompt
+    the black box was sent for it (the first one, for methods that send several)."""
 
     example_id: str
     output: str
     answer: str | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +480,8 @@ def answer_with_prompts(
         prompts, n=1, temperature=0.0, max_tokens=task.max_tokens, stop=list(task.stop) or None
     )
     return [
-        Prediction(ex.id, out[0].text, task.extract(out[0].text, ex))
-        for ex, out in zip(examples, outputs, strict=True)
+        Prediction(ex.id, out[0].text, task.extract(out[0].text, ex), prompt=prompt)
+        for ex, out, prompt in zip(examples, outputs, prompts, strict=True)
     ]
 
 

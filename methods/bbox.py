@@ -753,10 +753,11 @@ class BBoxAdapterPolicy(AdaptedPolicy):
             seed=derive_seed(self.seed, "eval"),
         )
         out = []
-        for ex, row in zip(examples, beams, strict=True):
+        for ex, row, prompt in zip(examples, beams, prompts, strict=True):
             best = row[0].text if row else ""
             extra = {"beams": [[b.text, round(b.score, 4)] for b in row]}
-            out.append(Prediction(ex.id, best, task.extract(best, ex), extra))
+            # the first step's prompt: later steps send it with the beam's sentences so far
+            out.append(Prediction(ex.id, best, task.extract(best, ex), extra, prompt=prompt))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -1036,7 +1037,8 @@ class BBoxAdapter(BlackBoxTuner):
                 "loss": round(sum(losses) / len(losses), 5) if losses else None,
             }
             history.append(record)
-            ctx.on_event("bbox_epoch", record)
+            # the trace keeps every batch's loss; the policy's meta the epoch's mean
+            ctx.on_event("bbox_epoch", {**record, "losses": [round(v, 5) for v in losses]})
         return BBoxAdapterPolicy(
             adapter,
             settings,

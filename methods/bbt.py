@@ -274,6 +274,11 @@ class BBT(BlackBoxTuner):
         self.variant = None
         if calls < cfg.budget // cfg.popsize * cfg.popsize:
             self.variant = f"budget={calls} (call cap {cfg.call_cap})"
+            ctx.disclose(
+                "k-reduced",
+                f"{calls} API calls instead of {cfg.budget // cfg.popsize * cfg.popsize}, to "
+                f"stay within call_cap={cfg.call_cap} prompts",
+            )
 
         hidden, _, emb_std = backend.embedding_stats()
         limit = getattr(backend, "context_length", None)
@@ -320,6 +325,12 @@ class BBT(BlackBoxTuner):
             on_event=ctx.on_event,
             workers=cfg.popsize if getattr(backend, "thread_safe", False) else 1,
         )
+        if not np.any(result.z):
+            ctx.disclose(
+                "no-change",
+                f"returned its starting point z = 0 (zero soft prompt): no CMA-ES candidate of "
+                f"{result.calls} calls beat it on dev ({result.dev_checks} dev checks)",
+            )
         return SoftPromptPolicy(
             soft_prompt=soft_prompt(result.z),
             labels=labels,
@@ -674,7 +685,7 @@ class SoftPromptPolicy(AdaptedPolicy):
         prompts = [task.render(ex, instruction=self.instruction) for ex in examples]
         scores = backend.next_token_logprobs(prompts, soft_prompt=self.soft_prompt)[:, columns]
         out = []
-        for ex, row in zip(examples, scores, strict=True):
+        for ex, row, prompt in zip(examples, scores, prompts, strict=True):
             label = self.labels[int(np.argmax(row))]
             out.append(
                 Prediction(
@@ -682,6 +693,7 @@ class SoftPromptPolicy(AdaptedPolicy):
                     label,
                     task.extract(label, ex) or label,
                     {"label_logprobs": [round(float(v), 4) for v in row]},
+                    prompt=prompt,  # the soft prompt's vectors go before it
                 )
             )
         return out

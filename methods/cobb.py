@@ -360,7 +360,8 @@ class CoBB(BlackBoxTuner):
         if adapter == "lora":  # alpha and dropout are not in the state the key digests
             inputs["lora"] = lora_settings(cfg)
         if subset:
-            ctx.train(
+            sequences = [(t.question, t.answer, c) for t in subset for c in (t.chosen, t.rejected)]
+            losses = ctx.train(
                 "train corrector",
                 lambda: train_orpo(
                     corrector, subset, settings, lam=cfg.lam, seed=ctx.seed, on_event=ctx.on_event
@@ -371,8 +372,14 @@ class CoBB(BlackBoxTuner):
             targets = [t.chosen for t in subset]
         else:
             triples = correct_only_triples(questions, chains, labels, task)
+            sequences = [(t.question, t.answer, t.correction) for t in triples]
             self.variant = "no incorrect chains: SFT on correct chains"
-            ctx.train(
+            ctx.disclose(
+                "substitute",
+                f"SFT on correct chains instead of ORPO: none of the {len(questions)} "
+                "questions' sampled chains was incorrect",
+            )
+            losses = ctx.train(
                 "train corrector",
                 lambda: train_sft(
                     corrector, triples, settings, seed=ctx.seed, on_event=ctx.on_event
@@ -381,6 +388,16 @@ class CoBB(BlackBoxTuner):
                 state=[corrector.model],
             )
             targets = [t.correction for t in triples]
+        # the epochs' losses, also when the training cache skipped training (and its events)
+        ctx.on_event("train_loss", {"label": "train corrector", "losses": losses})
+        cut = sum(corrector.cut(*sequence) for sequence in sequences)
+        if cut:
+            ctx.disclose(
+                "truncated",
+                f"{cut} of {len(sequences)} training sequences cut to the corrector's "
+                f"{corrector.max_length}-token window (the answer's end first, then the "
+                "question's start)",
+            )
         return CorrectorPolicy(
             corrector,
             template=cfg.template,

@@ -76,6 +76,7 @@ from methods.decoding import (
     default_device,
     load_recorded,
     task_instruction,
+    top_k_detail,
     top_k_mode,
     weights_digest,
 )
@@ -223,6 +224,8 @@ class ContrastiveDecoding(BlackBoxTuner):
         ctx = context or TuneContext()
         top_k = top_k_mode(backend, cfg.top_k_only, "contrastive-decoding")
         self.variant = f"top-k logprobs approximation (k={cfg.top_logprobs})" if top_k else None
+        if top_k:
+            ctx.disclose("substitute", top_k_detail(backend, cfg.top_logprobs, cfg.top_k_only))
         device = default_device(ctx.device)
         amateur_dir = ctx.resolve_model(cfg.amateur)
         amateur = LocalLM.load(amateur_dir, device=device)

@@ -321,6 +321,12 @@ class Corrector:
         cap = (limit if limit is not None else self.max_length) - 1
         return [*ids[: max(cap, 0)], self.eos]
 
+    def cut(self, question: str, answer: str, correction: str) -> bool:
+        """Whether `sequence` cuts anything of this triple to fit `max_length`."""
+        pieces = (question, answer, correction)
+        whole = self.template_tokens + sum(len(self._encode(" " + p.strip())) for p in pieces)
+        return whole + 1 > self.max_length  # + EOS
+
     def sequence(self, question: str, answer: str, correction: str) -> tuple[list[int], int]:
         """A training sequence (prompt + correction + EOS) within `max_length`, and the
         number of prompt tokens. The correction keeps at least the room the template and a
@@ -807,7 +813,13 @@ class CorrectorPolicy(AdaptedPolicy):
             if answer is None and self.fallback:
                 answer = original
             predictions.append(
-                Prediction(ex.id, after, answer, {"upstream": before, "upstream_answer": original})
+                Prediction(
+                    ex.id,
+                    after,
+                    answer,
+                    {"upstream": before, "upstream_answer": original},
+                    prompt=black_box_prompt(ex, task, self.instruction_index),
+                )
             )
         return predictions
 

@@ -318,6 +318,15 @@ def top_k_mode(backend: BlackBox, forced: bool, who: str) -> bool:
     return True
 
 
+def top_k_detail(backend: BlackBox, k: int, forced: bool) -> str:
+    """The "substitute" disclosure of the top-k approximation (`top_k_mode`)."""
+    why = "top_k_only is set" if forced else f"{backend.model} serves no full distribution"
+    return (
+        f"decoded from the black box's top-{k} logprobs, not its full next-token distribution "
+        f"({why})"
+    )
+
+
 def task_instruction(task: TaskLike, index: int) -> str | None:
     """The task's instruction ``index`` (the last one if fewer), None if it has none."""
     if not task.instructions:
@@ -778,8 +787,8 @@ class DecodingPolicy(AdaptedPolicy):
             who=self.kind,
         )
         return [
-            Prediction(ex.id, d.text, task.extract(d.text, ex), extra=d.stats())
-            for ex, d in zip(examples, decoded, strict=True)
+            Prediction(ex.id, d.text, task.extract(d.text, ex), extra=d.stats(), prompt=prompt)
+            for ex, d, prompt in zip(examples, decoded, prompts, strict=True)
         ]
 
     def decoding_json(self) -> dict[str, Any]:

@@ -104,6 +104,7 @@ from methods.prompting import (
     parse_proposal,
     reclose,
     score_instructions,
+    unchanged_instruction,
     unique_instructions,
 )
 from methods.registry import BenchError
@@ -233,6 +234,9 @@ class _Search:
         self.scores: dict[str, float] = {}
         self._unfit: set[str] = set()
         self._sent: Counter[str] = Counter()
+        #: proposer requests asked for and not sent (no room in the window), by operator
+        self.asked: Counter[str] = Counter()
+        self.unsent: Counter[str] = Counter()
         self._longest: Example | None = None
         if getattr(backend, "context_length", None):
             self._longest = max(
@@ -241,6 +245,11 @@ class _Search:
 
     def score_of(self, instruction: str) -> float:
         return self.scores[_key(instruction)]
+
+    @property
+    def unfit(self) -> int:
+        """Instructions never scored: their prompts overflow the task model's window."""
+        return len(self._unfit)
 
     def score(self, instructions: Sequence[str]) -> list[float | None]:
         """Dev accuracy of each instruction (None: its prompts overflow the task model's
@@ -267,19 +276,22 @@ class _Search:
         return self.backend.count_tokens(prompt) >= limit
 
     def propose(
-        self, requests: Sequence[str], answers: Sequence[str], *, temperature: float
+        self, requests: Sequence[str], answers: Sequence[str], *, temperature: float, op: str
     ) -> list[str | None]:
         """The proposer's raw answer to each request; None for a request that leaves too
         little room for ``answers[i]`` (the expected answer's length) in its window, which
         is not sent. Request i carries a seed from the cell's seed and how often that exact
-        request was sent before; one batch per seed."""
+        request was sent before; one batch per seed. ``op`` names the operator, for the
+        counts of requests not sent."""
         limit = getattr(self.proposer, "context_length", None)
         out: list[str | None] = [None] * len(requests)
         groups: dict[int, list[int]] = {}
+        self.asked[op] += len(requests)
         for i, (request, answer) in enumerate(zip(requests, answers, strict=True)):
             if limit:
                 room = limit - self.proposer.count_tokens(request)
                 if room < self.proposer.count_tokens(answer):
+                    self.unsent[op] += 1
                     continue
             seed = self.seed * 1_000 + self._sent[request]
             self._sent[request] += 1
@@ -362,7 +374,9 @@ class _Search:
     def _add_paraphrases(self, sources: Sequence[str], population: list[str]) -> None:
         requests = [paraphrase_prompt(s) for s in sources]
         answers = [paraphrase_answer(s) for s in sources]
-        raw = self.propose(requests, answers, temperature=self.config.paraphrase_temperature)
+        raw = self.propose(
+            requests, answers, temperature=self.config.paraphrase_temperature, op="paraphrase"
+        )
         taken = {_key(p) for p in population}
         fresh: list[str] = []
         for text in raw:
@@ -434,7 +448,35 @@ class _EvoPrompt(BlackBoxTuner):
         population = search.initial_population()
         best = self.evolve(search, population)
         context.on_event("done", {"instruction": best, "dev_score": search.score_of(best)})
+        self._disclose(context, search, best)
         return PromptPolicy(instruction=best)
+
+    def _disclose(self, context: TuneContext, search: _Search, best: str) -> None:
+        """Requests never sent, children never scored, and a search that returned one of the
+        task's own instructions."""
+        if search.unsent:
+            counts = ", ".join(
+                f"{search.unsent[op]} of {search.asked[op]} {op} requests"
+                for op in search.asked
+                if search.unsent[op]
+            )
+            context.disclose(
+                "not-sent",
+                f"{counts} not sent: request and answer did not fit the proposer's "
+                f"{getattr(search.proposer, 'context_length', None)}-token window",
+            )
+        if search.unfit:
+            context.disclose(
+                "not-sent",
+                f"{search.unfit} instructions never scored: their prompts did not fit "
+                f"the task model's {getattr(search.backend, 'context_length', None)}-token window",
+            )
+        same = unchanged_instruction(best, search.task.instructions, search.task)
+        if same is not None:
+            context.disclose(
+                "no-change",
+                f"returned {same}, one it started from: no evolved instruction beat it on dev",
+            )
 
     @abstractmethod
     def evolve(self, search: _Search, population: list[str]) -> str:
@@ -478,6 +520,7 @@ class EvoPromptGA(_EvoPrompt):
                 [evoprompt_crossover_prompt(a, b) for a, b in parents],
                 [evoprompt_answer(max((a, b), key=len)) for a, b in parents],
                 temperature=cfg.temperature,
+                op="crossover",
             )
             taken = {_key(p) for p in population}
             children: list[str] = []
@@ -508,6 +551,7 @@ class EvoPromptGA(_EvoPrompt):
                     "best": search.score_of(population[0]),
                     "mean": sum(search.score_of(p) for p in population) / len(population),
                     "population": list(population),
+                    "scores": [search.score_of(p) for p in population],
                 },
             )
         return population[0]
@@ -542,6 +586,7 @@ class EvoPromptDE(_EvoPrompt):
                         [evoprompt_de_prompt(basic=basic, first=first, second=second, best=best)],
                         [evoprompt_answer(max(parents, key=len))],
                         temperature=cfg.temperature,
+                        op="DE",
                     )[0]
                 child = parse_proposal(text) if text is not None else None
                 reason: str | None = None
@@ -570,6 +615,7 @@ class EvoPromptDE(_EvoPrompt):
                     "best": search.score_of(best),
                     "mean": sum(search.score_of(p) for p in population) / len(population),
                     "population": list(population),
+                    "scores": [search.score_of(p) for p in population],
                 },
             )
         return best
@@ -586,7 +632,7 @@ class EvoPromptDE(_EvoPrompt):
             request = evoprompt_de_prompt(basic=basic, first=first, second=second, best=donor)
             requests.append(request)
             answers.append(evoprompt_answer(max(parents, key=len)))
-        texts = search.propose(requests, answers, temperature=self.config.temperature)
+        texts = search.propose(requests, answers, temperature=self.config.temperature, op="DE")
         members = {_key(p) for p in current}
         # A child equal to a member is never scored; one equal to an earlier child is that
         # child, scored once either way.

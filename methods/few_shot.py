@@ -83,7 +83,8 @@ class FewShot(BlackBoxTuner):
         proposer: BlackBox | None = None,
         context: TuneContext | None = None,
     ) -> AdaptedPolicy:
-        demos = self._choose(train, task, random.Random(context.seed if context else 0))
+        ctx = context or TuneContext()
+        demos = self._choose(train, task, random.Random(ctx.seed))
         policy = PromptPolicy(instruction=self._instruction(task), demos=tuple(demos))
         limit = getattr(backend, "context_length", None)
         if limit and train:
@@ -96,6 +97,19 @@ class FewShot(BlackBoxTuner):
                 policy = PromptPolicy(policy.instruction, policy.demos[:-1])
             if len(policy.demos) < len(demos):
                 self.variant = f"k={len(policy.demos)} (context {limit})"
+                ctx.disclose(
+                    "k-reduced",
+                    f"k = {len(policy.demos)} of {len(demos)} demonstrations: more would not "
+                    f"leave the longest training input and its answer in the {limit}-token "
+                    "window",
+                )
+        if demos and not policy.demos:
+            ctx.disclose(
+                "no-change",
+                "no demonstration fits: the prompt is zero-shot's (the task's instruction 0 alone)"
+                if policy.instruction is not None
+                else "no demonstration fits: the prompt is the bare template",
+            )
         return policy
 
     def _instruction(self, task: TaskLike) -> str | None:

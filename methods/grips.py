@@ -85,6 +85,7 @@ from methods.prompting import (  # LabelLikelihoodPolicy: re-exported, the polic
     paraphrase_prompt,
     parse_proposal,
     score_instructions,
+    unchanged_instruction,
 )
 from methods.registry import BenchError
 
@@ -240,6 +241,11 @@ class GripsTuner(BlackBoxTuner):
             raise BenchError(f"grips: max_calls={cfg.max_calls} leaves no score-set example")
         if size < min(cfg.num_train, len(pool)):
             notes.append(f"score set {size} (call cap {cfg.max_calls})")
+            ctx.disclose(
+                "k-reduced",
+                f"score set of {size} examples instead of {min(cfg.num_train, len(pool))}, to "
+                f"stay within max_calls={cfg.max_calls}",
+            )
         data_rng = random.Random(f"grips/data/{ctx.seed}")
         chosen = set(data_rng.sample(range(len(pool)), size))
         score_set = [ex for i, ex in enumerate(pool) if i in chosen]
@@ -251,12 +257,21 @@ class GripsTuner(BlackBoxTuner):
         )
         if scorer.mode == "parsed":
             notes.append("labels parsed from text")
+            ctx.disclose(
+                "substitute",
+                "labels parsed from greedy text: the backend scores no label likelihoods",
+            )
         elif scorer.mode == "accuracy":
             notes.append("score = accuracy (no label set)")
+            ctx.disclose(
+                "substitute",
+                "score = 100 x accuracy: balanced accuracy and label entropy need a label set",
+            )
         edits = list(cfg.edits)
         if "sub" in edits and GENERATE not in proposer.capabilities:
             edits.remove("sub")
             notes.append("no sub (proposer cannot generate)")
+            ctx.disclose("substitute", "no sub edits: the proposer cannot generate paraphrases")
         self.variant = "; ".join(notes) or None
 
         paraphraser = Paraphraser(
@@ -289,6 +304,29 @@ class GripsTuner(BlackBoxTuner):
             "paraphrase_requests": paraphraser.requests,
         }
         ctx.on_event("grips_done", dict(self.diagnostics))
+        if scorer.over_window:
+            candidates = len({normalize_instruction(c) for c in search.candidates_seen})
+            ctx.disclose(
+                "not-sent",
+                f"{scorer.over_window} of {candidates} candidate instructions never scored: "
+                f"their prompts did not fit the task model's "
+                f"{getattr(backend, 'context_length', None)}-token "
+                "window",
+            )
+        if paraphraser.unsent:
+            ctx.disclose(
+                "not-sent",
+                f"{paraphraser.unsent} of {paraphraser.unsent + paraphraser.requests} paraphrase "
+                f"requests not sent: no room for an answer in the proposer's "
+                f"{getattr(proposer, 'context_length', None)}-token window",
+            )
+        same = unchanged_instruction(best, [original], task)
+        if same is not None:
+            ctx.disclose(
+                "no-change",
+                f"returned its starting instruction, {same}: no edit beat it "
+                f"({len(search.history) - 1} iterations)",
+            )
         if scorer.mode in ("score", "next_token"):
             return LabelLikelihoodPolicy(instruction=best)
         return PromptPolicy(instruction=best)
@@ -541,6 +579,7 @@ class Paraphraser:
         self.seed = seed
         self.cache: dict[str, list[str]] = {}
         self.requests = 0
+        self.unsent = 0  # phrases whose request left no room for an answer
 
     def __call__(self, phrase: str) -> list[str]:
         if phrase not in self.cache:
@@ -561,6 +600,7 @@ class Paraphraser:
                 max_tokens = min(max_tokens, room)
                 if max_tokens < 1:
                     self.cache[phrase] = []  # no room for an answer: not sent
+                    self.unsent += 1
                     continue
             groups.setdefault(max_tokens, []).append(phrase)
         for max_tokens, group in groups.items():
@@ -619,6 +659,7 @@ class EditSearch:
         self.deleted_pool: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.accepted_edits: list[list[str]] = []
+        self.candidates_seen: list[str] = []  # every candidate scored or refused, in order
         self.stop_reason = "iterations"
         # While `candidates` collects: phrases a sub edit needed that were not asked for yet
         # (None: not collecting, a sub asks at once), whether still recording, and whether
@@ -634,6 +675,7 @@ class EditSearch:
         cfg = self.config
         base = original
         base_score = self.scorer.score([base])[0]
+        self.candidates_seen.append(base)
         best, best_score = base, base_score
         self.history = [{"iteration": -1, "base": base, "base_score": base_score}]
         patience = 1
@@ -646,6 +688,7 @@ class EditSearch:
                 break
             candidates = self.candidates(base, ops)
             scores = self.scorer.score([c.text for c in candidates])
+            self.candidates_seen += [c.text for c in candidates]
             top = int(np.argmax(scores))
             for cand, value in zip(candidates, scores, strict=True):
                 if value > best_score:

@@ -99,6 +99,7 @@ from methods.prompting import (
     parse_proposal,
     reclose,
     score_instructions,
+    unchanged_instruction,
     unique_instructions,
 )
 from methods.registry import BenchError
@@ -284,6 +285,9 @@ class Opro(BlackBoxTuner):
         self.dev_scores = {}
         window = getattr(proposer, "context_length", None)
         cuts = 0
+        # what the window cut kept per step: (instructions shown, of; exemplars shown, of)
+        kept_counts: list[tuple[int, int, int, int]] = []
+        unfit = new = 0  # new proposals whose scorer prompts did not fit / passed the filters
 
         initial = self._initial(task)
         for text, acc in zip(
@@ -313,6 +317,7 @@ class Opro(BlackBoxTuner):
                 min_shown=cfg.min_shown_instructions,
             )
             cuts += len(kept) < len(shown) or len(kept_ex) < len(exemplars)
+            kept_counts.append((len(kept), len(shown), len(kept_ex), len(exemplars)))
             max_tokens = cfg.optimizer_max_tokens
             if window:
                 max_tokens = min(max_tokens, window - proposer.count_tokens(meta))
@@ -334,12 +339,14 @@ class Opro(BlackBoxTuner):
             parsed = [polish_sentence(parse_proposal(t)) for t in texts]
             fresh = unique_instructions(parsed, seen)
             seen += [p for p in parsed if p]
-            accepted = [
+            filtered = [
                 text
                 for text in fresh
                 if keep_candidate(text, max_chars=cfg.max_instruction_chars, no_digits=no_digits)
-                and fits(text)
             ]
+            accepted = [text for text in filtered if fits(text)]
+            new += len(filtered)
+            unfit += len(filtered) - len(accepted)
             scores = score_instructions(accepted, score_set, task=scorer_task, backend=backend)
             self.history += [(text, acc, step) for text, acc in zip(accepted, scores, strict=True)]
             context.on_event(
@@ -352,6 +359,14 @@ class Opro(BlackBoxTuner):
                     "shown": len(kept),
                     "exemplars": len(kept_ex),
                     "best": max(acc for _, acc, _ in self.history),
+                    # the trace: what the proposer saw and wrote, and the scores
+                    "meta_prompt": [{"instruction": t, "score": v} for t, v in kept],
+                    "proposals": parsed,
+                    "candidates": [
+                        {"instruction": t, "score": a}
+                        for t, a in zip(accepted, scores, strict=True)
+                    ],
+                    "unfit": [t for t in filtered if t not in accepted],
                 },
             )
 
@@ -360,10 +375,54 @@ class Opro(BlackBoxTuner):
             if cuts
             else None
         )
+        if cuts:
+            context.disclose("truncated", self._cut_detail(window, cuts, kept_counts))
+        if unfit:
+            context.disclose(
+                "not-sent",
+                f"{unfit} of {new} new proposals never scored: their prompts did not fit the "
+                f"task model's {getattr(backend, 'context_length', None)}-token window",
+            )
         best = self._select(dev_set, scorer_task, backend)
+        context.on_event(
+            "opro_done",
+            {
+                "initial": [{"instruction": t, "score": a} for t, a, s in self.history if s < 0],
+                "dev_scores": [{"instruction": t, "score": a} for t, a in self.dev_scores.items()],
+                "chosen": best,
+            },
+        )
+        same = unchanged_instruction(best, initial, task)
+        if same is not None:
+            proposals = sum(step >= 0 for _, _, step in self.history)
+            context.disclose(
+                "no-change",
+                f"returned its starting instruction, {same}: none of the {proposals} scored "
+                "proposals beat it",
+            )
         if pos in RENDER_POSITIONS:
             return PromptPolicy(instruction=best)
         return PositionedPromptPolicy(instruction=best, position=pos)
+
+    def _cut_detail(
+        self, window: int | None, cuts: int, kept: Sequence[tuple[int, int, int, int]]
+    ) -> str:
+        """The window cut in one line: in how many steps, and how much of the official
+        meta-prompt (up to `max_num_instructions` instructions and `num_exemplars`
+        exemplars) was left."""
+        cfg = self.config
+
+        def span(values: Sequence[int]) -> str:
+            low, high = min(values), max(values)
+            return f"{low}" if low == high else f"{low}-{high}"
+
+        return (
+            f"meta-prompt cut to the proposer's {window}-token window in {cuts} of "
+            f"{len(kept)} steps: {span([k[0] for k in kept])} of {span([k[1] for k in kept])} "
+            f"scored instructions shown (official: up to {cfg.max_num_instructions}) and "
+            f"{span([k[2] for k in kept])} of {span([k[3] for k in kept])} exemplars "
+            f"(official: {cfg.num_exemplars})"
+        )
 
     def _select(self, dev: Sequence[Example], scorer_task: TaskLike, backend: BlackBox) -> str:
         """The best instruction: by dev accuracy among the top ``dev_top_k`` by training

@@ -270,6 +270,22 @@ def _logsumexp(raw: np.ndarray) -> np.ndarray:
     return top + np.log(np.sum(np.exp(raw - top), axis=1, keepdims=True))
 
 
+def unchanged_instruction(
+    returned: str | None, starts: Sequence[str | None], task: TaskLike
+) -> str | None:
+    """What ``returned`` is when it is one of the starting instructions ``starts`` (compared as
+    `normalize_instruction`): 'the task's instruction 2 ("...")' for a hand-written one, else
+    the quoted text; None when the search returned something else (a "no-change" test)."""
+    key = normalize_instruction(returned)
+    if not any(key == normalize_instruction(start) for start in starts):
+        return None
+    quoted = f'"{" ".join((returned or "").split())}"'
+    for i, manual in enumerate(task.instructions):
+        if normalize_instruction(manual) == key:
+            return f"the task's hand-written instruction {i} ({quoted})"
+    return quoted if returned else "no instruction"
+
+
 def unique_instructions(candidates: Iterable[str | None], seen: Iterable[str | None]) -> list[str]:
     """``candidates`` without None, empties, repeats and anything in ``seen`` (normalised)."""
     taken = {normalize_instruction(s) for s in seen}
@@ -307,10 +323,10 @@ class LabelLikelihoodPolicy(PromptPolicy):
         prompts = [self.prompt(ex, task) for ex in examples]
         logprobs = label_logprobs(prompts, task=task, backend=backend, mode=mode)
         out = []
-        for ex, row in zip(examples, logprobs, strict=True):
+        for ex, row, prompt in zip(examples, logprobs, prompts, strict=True):
             label = labels[int(np.argmax(row))]
             extra = {"label_logprobs": {lab: float(v) for lab, v in zip(labels, row, strict=True)}}
-            out.append(Prediction(ex.id, label, label, extra))
+            out.append(Prediction(ex.id, label, label, extra, prompt=prompt))
         return out
 
     @classmethod

@@ -95,6 +95,7 @@ from methods.decoding import (
     default_device,
     load_recorded,
     task_instruction,
+    top_k_detail,
     top_k_mode,
     weights_digest,
 )
@@ -224,6 +225,8 @@ class ProxyTuning(BlackBoxTuner):
         ctx = context or TuneContext()
         top_k = top_k_mode(backend, cfg.top_k_only, "proxy-tuning")
         self.variant = f"top-k logprobs approximation (k={cfg.top_logprobs})" if top_k else None
+        if top_k:
+            ctx.disclose("substitute", top_k_detail(backend, cfg.top_logprobs, cfg.top_k_only))
         device = default_device(ctx.device)
         anti_dir = ctx.resolve_model(cfg.base)
         anti_expert = LocalLM.load(anti_dir, device=device)
@@ -282,7 +285,12 @@ class ProxyTuning(BlackBoxTuner):
             )
             ctx.on_event(
                 "proxy_tuning_expert",
-                {"examples": len(sequences), "epochs": cfg.epochs, "final_loss": losses[-1]},
+                {
+                    "examples": len(sequences),
+                    "epochs": cfg.epochs,
+                    "final_loss": losses[-1],
+                    "losses": losses,  # per epoch, also when the training cache skipped it
+                },
             )
         check_models(
             backend,

@@ -33,7 +33,10 @@ def test_a_batch_comes_back_with_its_calls_as_hits_and_its_compute_credited(
     memo = EvalMemo(tmp_path)
     key = _key(memo)
     assert memo.get(key, UsageMeter()) is None
-    preds = [Prediction("a", " 2", "2"), Prediction("b", " 5", "5", {"tries": [1, 2]})]
+    preds = [
+        Prediction("a", " 2", "2", prompt="Q: 1 + 1\nA:"),  # the prompt sent comes back too
+        Prediction("b", " 5", "5", {"tries": [1, 2]}),
+    ]
     memo.put(key, preds, [CALL], [BLOCK], EXAMPLES)
     meter = UsageMeter()
     meter.phase = "eval"

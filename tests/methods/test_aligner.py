@@ -56,8 +56,17 @@ def test_fit_asks_one_greedy_answer_per_question_and_learns_to_correct() -> None
     assert call["prompts"] == [task.render(ex, instruction=task.instructions[0]) for ex in chosen]
     assert call["n"] == 1 and call["temperature"] == 0.0 and call["seed"] is None
     assert events[0] == ("data", {"questions": 3, "triples": 3, "upstream_accuracy": 0.0})
-    assert [e for e, _ in events[1:]] == ["sft"] * 80
+    assert [e for e, _ in events[1:]] == ["sft"] * 80 + ["train_loss"]
+    # the trace keeps the epochs' losses after training, whether it ran or was cached
+    losses = events[-1][1]["losses"]
+    assert [round(v, 4) for v in losses] == [f["loss"] for e, f in events if e == "sft"]
+    assert context.trace[-1] == {
+        "event": "train_loss",
+        "label": "train corrector",
+        "losses": losses,
+    }
     assert context.compute.labels == ["train corrector"]  # type: ignore[attr-defined]
+    assert context.disclosures == []  # nothing cut in a 192-token corrector
 
     assert isinstance(policy, CorrectorPolicy) and policy.method == "aligner"
     predictions = policy.predict(chosen, task=task, backend=bb)
@@ -89,7 +98,27 @@ def test_identity_warmup_runs_one_epoch_before_the_correction() -> None:
         backend=ScriptedBlackBox(lambda p, k: " #### 0"),
         context=_context(events),
     )
-    assert [e for e, _ in events] == ["data", "identity warmup", "sft", "sft"]
+    assert [e for e, _ in events] == ["data", "identity warmup", "sft", "sft", "train_loss"]
+
+
+def test_sequences_cut_to_the_correctors_window_are_disclosed_with_their_count() -> None:
+    """Seven of the toy triples take 42 tokens with the compact template, one (7 + 3) takes
+    44: a 43-token corrector cuts exactly that one."""
+    task = SumTask()
+    ctx = _context([])
+    Aligner(n_questions=8, epochs=1, max_length=43, **FAST).fit(
+        task.examples("train"),
+        task=task,
+        backend=ScriptedBlackBox(lambda p, k: " #### 0"),
+        context=ctx,
+    )
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "truncated",
+            "1 of 8 training sequences cut to the corrector's 43-token window (the answer's "
+            "end first, then the question's start)",
+        )
+    ]
 
 
 def test_presets_fit_the_budgets_and_paper_is_the_official_script() -> None:

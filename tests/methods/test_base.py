@@ -91,3 +91,53 @@ def test_bad_hyperparameter_names_valid_ones() -> None:
         get_method("few-shot").from_budget("light", kk=3)
     with pytest.raises(BenchError, match="unknown budget"):
         get_method("few-shot").from_budget("huge")
+
+
+# -- disclosures and traces -------------------------------------------------------------------
+
+
+def test_tune_context_collects_disclosures_once_and_refuses_unknown_kinds() -> None:
+    from methods import TuneContext
+
+    ctx = TuneContext()
+    ctx.disclose("not-sent", "3 of 9 requests not sent")
+    ctx.disclose("not-sent", "3 of 9 requests not sent")  # said twice: kept once
+    ctx.disclose("no-change", "returned its start")
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        ("not-sent", "3 of 9 requests not sent"),
+        ("no-change", "returned its start"),
+    ]
+    with pytest.raises(BenchError, match="unknown disclosure kind 'cut'; valid: no-change"):
+        ctx.disclose("cut", "x")  # type: ignore[arg-type]
+
+
+def test_tune_context_traces_every_event_and_still_forwards_it() -> None:
+    from methods import TuneContext
+
+    seen: list[tuple[str, dict[str, object]]] = []
+    ctx = TuneContext(on_event=lambda e, f: seen.append((e, dict(f))))
+    ctx.on_event("step", {"step": 0, "loss": 1.5})
+    ctx.on_event("done", {})
+    assert seen == [("step", {"step": 0, "loss": 1.5}), ("done", {})]
+    assert ctx.trace == [{"event": "step", "step": 0, "loss": 1.5}, {"event": "done"}]
+
+
+def test_prompt_policy_predictions_keep_the_prompt_sent() -> None:
+    from methods import Completion
+
+    class _Echo:
+        def generate(self, prompts, **kwargs):  # type: ignore[no-untyped-def]
+            return [[Completion("yes")] for _ in prompts]
+
+    class _Task:
+        max_tokens, stop = 2, ()
+
+        def render(self, example, *, instruction=None, demos=()):  # type: ignore[no-untyped-def]
+            return f"{instruction}|{example.input}"
+
+        def extract(self, text, example):  # type: ignore[no-untyped-def]
+            return text
+
+    examples = [Example("a", "x", "yes"), Example("b", "y", "no")]
+    out = PromptPolicy(instruction="Say").predict(examples, task=_Task(), backend=_Echo())  # type: ignore[arg-type]
+    assert [p.prompt for p in out] == ["Say|x", "Say|y"]

@@ -470,6 +470,10 @@ def test_warmup_negatives_come_from_the_black_box_then_from_beam_search(
                         "0 + 2 = 5 . #### 2", "0 + 2 = 5 . #### 8"} for c in seen[2:])  # fmt: skip
     assert all(c[1]["stop"] == [" .", "\n"] for c in bb.calls[1:])
     assert [e["source"] for e in events] == ["blackbox", "adapter"]
+    # the trace keeps every batch's loss of an epoch; the epoch's loss is their mean
+    for epoch in events:
+        mean = sum(epoch["losses"]) / len(epoch["losses"])
+        assert epoch["loss"] == pytest.approx(mean, abs=1e-5)
     # q0 (gold 2): its gold and prefix, and "#### 2" are positives; "0 + 2 = 3 .", its
     # ending and "#### 9" negatives. q1 (gold 3): its gold and prefix, "0 + 2 = 3 ." (last
     # number 3: the official prefix quirk) and its ending are positives; "#### 2", "#### 9" not.

@@ -384,3 +384,40 @@ def test_light_preset_on_zoo_sentiment(zoo_large) -> None:  # type: ignore[no-un
     again = tuner.fit(train, task=task, backend=zoo_large, dev=dev, context=TuneContext(seed=0))
     assert isinstance(again, SoftPromptPolicy)
     np.testing.assert_array_equal(again.soft_prompt, policy.soft_prompt)
+
+
+# -- disclosures and the trace -----------------------------------------------------------------
+
+
+def _fit_traced(box: _LinearBox) -> tuple[SoftPromptPolicy, TuneContext]:
+    task = _Reviews()
+    ctx = TuneContext(seed=0)
+    tuner = BBT(intrinsic_dim=50, n_prompt_tokens=2, k_shot=4, budget=60, popsize=6, eval_every=12)
+    policy = tuner.fit(
+        task.examples("train"), task=task, backend=box, dev=task.examples("dev"), context=ctx
+    )
+    assert isinstance(policy, SoftPromptPolicy)
+    return policy, ctx
+
+
+def test_a_kept_zero_prompt_is_disclosed_as_no_change_and_the_losses_are_traced() -> None:
+    """With no gain from the soft prompt, every candidate ties z = 0 on dev and z = 0 is
+    returned: "no change", computed from the z returned. A box where the prompt helps
+    returns a moved z and discloses nothing."""
+    policy, ctx = _fit_traced(_LinearBox(gain=0.0))
+    assert not np.any(policy.soft_prompt)
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "no-change",
+            "returned its starting point z = 0 (zero soft prompt): no CMA-ES candidate of "
+            f"{policy.meta['calls']} calls beat it on dev ({policy.meta['dev_checks']} dev "
+            "checks)",
+        )
+    ]
+
+    policy, ctx = _fit_traced(_LinearBox())
+    assert np.any(policy.soft_prompt) and ctx.disclosures == []
+    generations = [e for e in ctx.trace if e["event"] == "generation"]
+    assert [g["calls"] for g in generations] == [6 * i for i in range(1, 11)]
+    assert generations[-1]["loss_best"] < generations[0]["loss_best"]
+    assert [e["calls"] for e in ctx.trace if e["event"] == "dev"] == [0, 12, 24, 36, 48, 60]

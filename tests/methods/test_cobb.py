@@ -171,10 +171,13 @@ def test_fit_samples_k_chains_per_question_selects_a_subset_and_trains_with_orpo
         "subset": 10,
     }
     assert data["sample_accuracy"] == 0.5 and data["no_correct"] == data["all_correct"] == 0
-    assert [e for e, _ in events[1:]] == ["orpo", "orpo"]
+    assert [e for e, _ in events[1:]] == ["orpo", "orpo", "train_loss"]
+    assert [round(v, 4) for v in events[-1][1]["losses"]] == [
+        f["loss"] for e, f in events if e == "orpo"
+    ]
     assert context.compute.labels == ["subset search", "train corrector"]  # type: ignore[attr-defined]
     assert isinstance(policy, CorrectorPolicy) and policy.method == "cobb"
-    assert tuner.variant is None
+    assert tuner.variant is None and context.disclosures == []
 
 
 def test_subset_size_is_pairs_per_question_times_questions_with_tuples() -> None:
@@ -193,15 +196,43 @@ def test_all_correct_samples_fall_back_to_sft_and_say_so() -> None:
     task = SumTask()
     events: list[tuple[str, dict[str, Any]]] = []
     tuner = CoBB(n_questions=3, samples=2, epochs=1, **FAST)
+    context = _context(events)
     tuner.fit(
         task.examples("train"),
         task=task,
         backend=ScriptedBlackBox(lambda p, k: _alternating(p, 0)),
-        context=_context(events),
+        context=context,
     )
     assert events[0][1]["collection"] == 0 and events[0][1]["all_correct"] == 3
-    assert [e for e, _ in events[1:]] == ["sft"]
+    assert [e for e, _ in events[1:]] == ["sft", "train_loss"]
     assert tuner.variant == "no incorrect chains: SFT on correct chains"
+    assert [(d.kind, d.detail) for d in context.disclosures] == [
+        (
+            "substitute",
+            "SFT on correct chains instead of ORPO: none of the 3 questions' sampled chains was "
+            "incorrect",
+        )
+    ]
+
+
+def test_preference_sequences_cut_to_the_window_are_disclosed_with_their_count() -> None:
+    """Every toy tuple holds two sequences (chosen and rejected); in a 32-token corrector
+    all of them are cut (the shortest takes 33 tokens with the compact template)."""
+    task = SumTask()
+    context = _context([])
+    CoBB(n_questions=5, samples=4, pairs_per_question=2.0, epochs=1, max_length=32, **FAST).fit(
+        task.examples("train"),
+        task=task,
+        backend=ScriptedBlackBox(_alternating),
+        context=context,
+    )
+    assert [(d.kind, d.detail) for d in context.disclosures] == [
+        (
+            "truncated",
+            "20 of 20 training sequences cut to the corrector's 32-token window (the answer's "
+            "end first, then the question's start)",
+        )
+    ]
 
 
 def test_bad_gold_setting_is_refused() -> None:

@@ -100,7 +100,7 @@ def test_policy_saves_loads_and_refuses_other_vocabularies(small_dir: Path, tmp_
         )
     tuner = ContrastiveDecoding.from_budget("paper")
     policy = tuner.fit([], task=task, backend=VocabBox(vocab), context=ctx)
-    assert tuner.variant is None
+    assert tuner.variant is None and ctx.disclosures == []
     assert isinstance(policy, ContrastiveDecodingPolicy)
     assert policy.beams() == (5, 1.0)
     assert policy.contexts() == {"amateur": "last_token"}
@@ -125,6 +125,13 @@ def test_policy_saves_loads_and_refuses_other_vocabularies(small_dir: Path, tmp_
         [], task=task, backend=VocabBox(vocab, ("generate", "logprobs")), context=ctx
     )
     assert tuner.variant == "top-k logprobs approximation (k=3)"
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "substitute",
+            "decoded from the black box's top-3 logprobs, not its full next-token distribution "
+            "(vocab-box serves no full distribution)",
+        )
+    ]
     assert isinstance(policy, ContrastiveDecodingPolicy)
     assert policy.beams() == (1, 1.0) and policy.contexts() == {"amateur": "full"}
     assert torch.equal(policy.formula()(rows), obrien_scores(EXPERT, AMATEUR, alpha=0.1, beta=0.5))

@@ -499,3 +499,66 @@ def test_paper_preset_keeps_the_official_length_and_no_stop() -> None:
     proposer = _RamblingProposer(lambda request: "\n<prompt>Be new .</prompt>")
     run("evoprompt-ga", task, _TaskModel({}), proposer, population=2, iterations=1)
     assert proposer.limits and all(limit == (1000, None) for limit in proposer.limits)
+
+
+# --------------------------------------------------------------------------------------------
+# Disclosures and the trace.
+# --------------------------------------------------------------------------------------------
+
+
+def test_unsent_requests_and_a_hand_written_winner_are_disclosed() -> None:
+    """Every DE request overflows the proposer's window: the count is disclosed, and the
+    search returns the task's own instruction 0, disclosed as "no change" (computed)."""
+    dev = {"A .": 0.9, "B .": 0.6, "C .": 0.3, "D .": 0.2}
+    task = make_task(*dev)
+    window = len(evoprompt_de_prompt("x", "x", "x", "x").split())
+    proposer = _Proposer(lambda r: f"<prompt>{paraphrased(r)} p</prompt>", window)
+    ctx = TuneContext(seed=0)
+    policy = get_method("evoprompt-de")(dev_size=10, population=4, iterations=2).fit(
+        task.examples("train"),
+        task=task,
+        backend=_TaskModel(dev),  # type: ignore[arg-type]
+        dev=task.examples("dev"),
+        proposer=proposer,  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert policy.instruction == "A ."  # type: ignore[attr-defined]
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "not-sent",
+            f"8 of 8 DE requests not sent: request and answer did not fit the proposer's "
+            f"{window}-token window",
+        ),
+        (
+            "no-change",
+            'returned the task\'s hand-written instruction 0 ("A ."), one it started from: '
+            "no evolved instruction beat it on dev",
+        ),
+    ]
+    steps = [e for e in ctx.trace if e["event"] == "step"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(len(s["population"]) == len(s["scores"]) == 4 for s in steps)
+    assert steps[0]["scores"][0] == 0.9
+
+
+def test_an_evolved_winner_discloses_nothing() -> None:
+    dev = {"A .": 0.9, "B .": 0.6, "C .": 0.3}
+    task = make_task(*dev)
+    model = _TaskModel({**dev, "A x .": 1.0, "B x .": 0.2, "C x .": 0.2, "A . p": 0.1})
+
+    def respond(request: str) -> str:
+        if request.startswith("Generate a variation"):
+            return f"<prompt>{paraphrased(request)} p</prompt>"
+        return f"\n<prompt>{basic_of(request).replace(' .', ' x .')}</prompt>"
+
+    ctx = TuneContext(seed=0)
+    policy = get_method("evoprompt-de")(dev_size=10, population=3, iterations=1).fit(
+        task.examples("train"),
+        task=task,
+        backend=model,  # type: ignore[arg-type]
+        dev=task.examples("dev"),
+        proposer=_Proposer(respond),  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert policy.instruction == "A x ."  # type: ignore[attr-defined]
+    assert ctx.disclosures == []

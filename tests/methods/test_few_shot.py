@@ -73,3 +73,51 @@ def test_few_shot_drops_demos_that_do_not_fit_the_window() -> None:
     assert 0 < len(policy.demos) < 16  # type: ignore[attr-defined]
     assert len(policy.prompt(longest, task).split()) + task.max_tokens <= 40  # type: ignore[attr-defined]
     assert tuner.variant == f"k={len(policy.demos)} (context 40)"  # type: ignore[attr-defined]
+
+
+def test_few_shot_discloses_fewer_demonstrations_and_a_zero_shot_prompt() -> None:
+    """k cut by the window is disclosed with its counts; with no room for any demonstration
+    the row is zero-shot's prompt, disclosed as no change (computed from the policy)."""
+    task = _Labels()
+    train = task.examples("train")
+    ctx = TuneContext(seed=0)
+    policy = (
+        get_method("few-shot")
+        .from_budget("heavy")
+        .fit(
+            train,
+            task=task,
+            backend=_Window(),  # type: ignore[arg-type]
+            context=ctx,
+        )
+    )
+    k = len(policy.demos)  # type: ignore[attr-defined]
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "k-reduced",
+            f"k = {k} of 16 demonstrations: more would not leave the longest training input "
+            "and its answer in the 40-token window",
+        )
+    ]
+
+    class _Tiny(_Window):
+        context_length = 8  # the instruction and the longest input only
+
+    ctx = TuneContext(seed=0)
+    policy = (
+        get_method("few-shot")
+        .from_budget("light")
+        .fit(
+            train,
+            task=task,
+            backend=_Tiny(),  # type: ignore[arg-type]
+            context=ctx,
+        )
+    )
+    assert policy.demos == ()  # type: ignore[attr-defined]
+    assert [d.kind for d in ctx.disclosures] == ["k-reduced", "no-change"]
+    assert ctx.disclosures[1].detail.startswith("no demonstration fits: the prompt is zero-shot's")
+
+    ctx = TuneContext(seed=0)
+    get_method("few-shot").from_budget("light").fit(train, task=task, backend=None, context=ctx)  # type: ignore[arg-type]
+    assert ctx.disclosures == []  # no window: all k demonstrations, nothing to disclose

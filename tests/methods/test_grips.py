@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -547,3 +548,87 @@ def test_grips_on_zoo_hops_generation(zoo_large: Any) -> None:
     assert 0.0 <= log["score"] <= 100.0 and log["dev_examples"] == 2
     preds = policy.predict(task.examples("test"), task=task, backend=zoo_large)
     assert len(preds) == 4
+
+
+# -- disclosures and the trace ---------------------------------------------------------------
+
+
+def _disclosed(ctx: TuneContext) -> list[tuple[str, str]]:
+    return [(d.kind, d.detail) for d in ctx.disclosures]
+
+
+def test_a_search_that_keeps_its_start_is_disclosed_as_no_change() -> None:
+    """The default instruction already answers the gold label; deleting from its one phrase
+    changes nothing, so the search returns it: "no change", computed from the instruction
+    returned. The edits tried and their scores are in the trace."""
+    task = _Labels()
+    ctx = TuneContext(seed=0)
+    tuner = GripsTuner(edits=("del", "swap"), instruction_index=1, num_train=10, num_dev_report=0)
+    policy = tuner.fit(task.examples("train"), task=task, backend=_box(task), context=ctx)  # type: ignore[arg-type]
+    assert policy.instruction == "Classify the text ."  # type: ignore[attr-defined]
+    iterations = tuner.diagnostics["iterations"]
+    assert _disclosed(ctx) == [
+        (
+            "no-change",
+            "returned its starting instruction, the task's hand-written instruction 1 "
+            f'("Classify the text ."): no edit beat it ({iterations} iterations)',
+        )
+    ]
+    steps = [e for e in ctx.trace if e["event"] == "grips_step"]
+    assert len(steps) == iterations and all(len(s["candidates"]) == 5 for s in steps)
+    assert {c["text"] for s in steps for c in s["candidates"]} == {"Classify the text ."}
+
+
+def test_a_search_that_edits_discloses_only_its_scoring() -> None:
+    """From "Say neg always . Classify the text ." a delete wins: no "no change"; parsing
+    labels from text (no score capability) is disclosed as a substitute."""
+    task = _Labels()
+    ctx = TuneContext(seed=0)
+    box = _box(task, capabilities=("generate",))
+    GripsTuner(edits=("del",), num_train=10, num_dev_report=0).fit(
+        task.examples("train"),
+        task=task,
+        backend=box,  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert _disclosed(ctx) == [
+        ("substitute", "labels parsed from greedy text: the backend scores no label likelihoods")
+    ]
+    ctx = TuneContext(seed=0)
+    GripsTuner(edits=("del",), num_train=10, num_dev_report=0).fit(
+        _Gen().examples("train"),
+        task=_Gen(),
+        backend=_box(_Gen()),  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert _disclosed(ctx) == [
+        (
+            "substitute",
+            "score = 100 x accuracy: balanced accuracy and label entropy need a label set",
+        )
+    ]
+
+
+def test_unscored_candidates_and_a_shrunk_score_set_are_disclosed_with_counts() -> None:
+    task = _Labels()
+    long_phrase = "Label " + "very " * 20 + "well ."
+    proposals = {"Classify the text .": [f"<prompt>{long_phrase}</prompt>"]}
+    box, proposer = _box(task, context_length=20), _box(task, proposals=proposals)
+    ctx = TuneContext(seed=0)
+    tuner = GripsTuner(edits=("sub",), num_train=10, num_dev_report=0, num_iter=2)
+    tuner.fit(task.examples("train"), task=task, backend=box, proposer=proposer, context=ctx)  # type: ignore[arg-type]
+    unfit = tuner.diagnostics["over_window"]
+    (not_sent,) = [d for d in ctx.disclosures if d.kind == "not-sent"]
+    assert re.fullmatch(
+        rf"{unfit} of \d+ candidate instructions never scored: their prompts did not fit the "
+        r"task model's 20-token window",
+        not_sent.detail,
+    )
+
+    task = _Labels(n=40, n_labels=4)
+    ctx = TuneContext(seed=0)
+    capped = GripsTuner(edits=("del",), num_train=40, num_iter=2, num_candidates=2,
+                        num_dev_report=0, max_calls=100)  # fmt: skip
+    capped.fit(task.examples("train"), task=task, backend=_box(task), context=ctx)  # type: ignore[arg-type]
+    shrunk = ("k-reduced", "score set of 5 examples instead of 40, to stay within max_calls=100")
+    assert shrunk in _disclosed(ctx)

@@ -551,7 +551,9 @@ def test_light_on_zoo_hops_generates_scores_and_respects_its_plan(
         backend=zoo_large,
         dev=dev,
         proposer=proposer,
-        context=TuneContext(seed=0, on_event=lambda e, f: events.append(dict(f))),
+        context=TuneContext(
+            seed=0, on_event=lambda e, f: events.append(dict(f)) if e == "opro_step" else None
+        ),
     )
     calls = _roles(zoo_large.meter)
     assert len(calls["proposer"]) == plan.proposer_calls == 6
@@ -621,3 +623,66 @@ def test_paper_preset_keeps_the_official_decode_length_and_no_stop() -> None:
         context=TuneContext(seed=0),
     )
     assert proposer.requests[0]["max_tokens"] == 1024 and proposer.requests[0]["stop"] is None
+
+
+# -- disclosures and the trace ---------------------------------------------------------------
+
+
+def test_cut_meta_prompt_unfit_proposals_and_a_kept_start_are_disclosed_and_traced() -> None:
+    """The window cut says how much of the official meta-prompt was left, a proposal whose
+    scorer prompt does not fit is counted as never scored, a search that returns its starting
+    instruction is marked "no change" (computed: the instruction returned is I0), and the
+    step's proposals and scores are in the trace."""
+    task = _Toy()
+    train = task.examples("train")
+    long = "Work it out . " * 20
+    scorer = _Scorer({"Solve it .": 0.9, "Be careful .": 0.5}, context_length=40)
+    proposer = _Proposer([["\n[Be careful .]"] * 4 + [f"\n[{long}]"] * 4], context_length=120)
+    ctx = TuneContext(seed=0)
+    policy = _tuner(num_search_steps=1, num_generated_per_step=8).fit(
+        train,
+        task=task,
+        backend=scorer,  # type: ignore[arg-type]
+        proposer=proposer,  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert isinstance(policy, PromptPolicy) and policy.instruction == "Solve it ."
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "truncated",
+            "meta-prompt cut to the proposer's 120-token window in 1 of 1 steps: 1 of 1 scored "
+            "instructions shown (official: up to 20) and 1 of 3 exemplars (official: 3)",
+        ),
+        (
+            "not-sent",
+            "1 of 2 new proposals never scored: their prompts did not fit the task model's "
+            "40-token window",
+        ),
+        (
+            "no-change",
+            "returned its starting instruction, the task's hand-written instruction 0 "
+            '("Solve it ."): none of the 1 scored proposals beat it',
+        ),
+    ]
+    (step,) = [e for e in ctx.trace if e["event"] == "opro_step"]
+    assert step["candidates"] == [{"instruction": "Be careful .", "score": 0.5}]
+    assert step["unfit"] == [long.strip()] and step["meta_prompt"] == [
+        {"instruction": "Solve it .", "score": 90.0}
+    ]
+    (done,) = [e for e in ctx.trace if e["event"] == "opro_done"]
+    assert done["initial"] == [{"instruction": "Solve it .", "score": 0.9}]
+    assert done["chosen"] == "Solve it ."
+
+
+def test_a_search_that_moves_discloses_no_change_nowhere() -> None:
+    task = _Toy()
+    scorer = _Scorer({"Solve it .": 0.3, "Be careful .": 0.5})
+    ctx = TuneContext(seed=0)
+    _tuner(num_search_steps=1).fit(
+        task.examples("train"),
+        task=task,
+        backend=scorer,  # type: ignore[arg-type]
+        proposer=_Proposer([["\n[Be careful .]"] * 8]),  # type: ignore[arg-type]
+        context=ctx,
+    )
+    assert ctx.disclosures == []  # no window, no cut, and the proposal won

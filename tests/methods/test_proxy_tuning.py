@@ -149,7 +149,16 @@ def test_policy_saves_and_loads(small_dir: Path, tmp_path: Path) -> None:
         context=ctx,
     )
     assert tuner.variant == "top-k logprobs approximation (k=5)"
+    assert [(d.kind, d.detail) for d in ctx.disclosures] == [
+        (
+            "substitute",
+            "decoded from the black box's top-5 logprobs, not its full next-token distribution "
+            "(vocab-box serves no full distribution)",
+        )
+    ]
     assert [e for e, _ in events] == ["proxy_tuning_epoch", "proxy_tuning_expert"]
+    # the trace keeps the epoch losses the training returned (a cache hit sends no epochs)
+    assert [round(v, 4) for v in events[1][1]["losses"]] == [events[0][1]["loss"]]
     assert isinstance(policy, ProxyTuningPolicy)
     assert policy.anti_expert == "zoo-small"
     assert Path(policy.anti_expert_dir) == small_dir.resolve()
