@@ -119,6 +119,22 @@ def fill_companions(
     return tuner, None
 
 
+def companion_disclosures(
+    tuner: BlackBoxTuner, black_box_model: str, overridden: Collection[str] = ()
+) -> list[str]:
+    """One line per white-box model ``tuner`` uses (its fields filled by `fill_companions`):
+    the role, the field, the model, and whether the harness chose it for this black box or
+    the user set it; a cell's "companion" disclosures."""
+    lines = []
+    for field_name, role in tuner.companions.items():
+        name = getattr(tuner.config, field_name)
+        if name is None:
+            continue  # an optional model left out (proxy-tuning's expert is trained)
+        how = "set by the user" if field_name in overridden else f"chosen for {black_box_model}"
+        lines.append(f"{_ROLE_WORDS[role]}: {tuner.name}.{field_name} = {name} ({how})")
+    return lines
+
+
 _ROLE_WORDS: dict[str, str] = {
     "token": "small model on the black box's vocabulary",
     "scorer": "text scorer",

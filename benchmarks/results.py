@@ -4,7 +4,12 @@
 
 - ``run.json``: the run spec (no secrets) and provenance (git hash, package versions);
 - ``cells/<cell-id>.json``: one `CellRecord` per (method, task, backend, model, seed);
-- ``predictions/<cell-id>.jsonl``: per-example output, extracted answer, gold and score;
+- ``predictions/<cell-id>.jsonl``: per-example output, extracted answer, gold, score and the
+  prompt sent (records written before it was kept have none);
+- ``traces/<cell-id>.json``: the tuner's trace, every event it sent while tuning, in order
+  (OPRO's proposals and scores per step, GrIPS's edits, EvoPrompt's populations, BBT's losses
+  and dev checkpoints, adapters' training losses); small, so kept beside the records rather
+  than with the artifacts, which are large and not committed;
 - ``artifacts/<cell-id>/``: the adapted policy (``policy.json`` and any safetensors).
 
 Every file is written to a temporary name, flushed to disk and renamed into place, so a
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -32,7 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from methods.registry import BenchError
 
@@ -41,6 +47,19 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 LOCK_NAME = "run.lock"
 CellStatus = Literal["ok", "refused", "failed", "budget_exhausted"]
+
+
+class DisclosureRecord(BaseModel):
+    """A `methods.base.Disclosure` as a record keeps it: where the cell departs from its
+    method as published."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: str
+    """One of `methods.base.DISCLOSURE_KINDS` (no-change, truncated, not-sent, k-reduced,
+    substitute, companion, prompt-format); a record with a later kind still loads."""
+    detail: str
+    """One line, with the counts."""
 
 
 class CellRecord(BaseModel):
@@ -83,6 +102,12 @@ class CellRecord(BaseModel):
     """The tuner's config after the budget preset and overrides."""
     variant: str | None = None
     """A method's self-reported variant (e.g. label parsed from text vs by likelihood)."""
+    disclosures: list[DisclosureRecord] = Field(default_factory=list)
+    """Where the cell departs from its method as published, as the method said while tuning
+    (a search that returned its start, a meta-prompt cut, requests not sent, fewer
+    demonstrations) and the harness adds (companion models, a prompt format other than the
+    model's default); the leaderboard marks the accuracy with them. Empty in records written
+    before the field."""
     wall_s: dict[str, float] = Field(default_factory=dict)
     """Wall seconds of the tune and eval phases."""
     artifact_bytes: int | None = None
@@ -258,6 +283,23 @@ class RunStore:
     def artifact_dir(self, cid: str) -> Path:
         return self.root / "artifacts" / cid
 
+    def trace_path(self, cid: str) -> Path:
+        return self.root / "traces" / f"{cid}.json"
+
+    def write_trace(self, cid: str, method: str, events: Sequence[Mapping[str, Any]]) -> None:
+        """The tuner's events while tuning (`methods.base.TuneContext.trace`), as JSON; a
+        tuner that sent none gets no file."""
+        if not events:
+            return
+        payload = {"cell_id": cid, "method": method, "events": plain_json(list(events))}
+        write_atomic(
+            self.trace_path(cid), json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False)
+        )
+
+    def clear_trace(self, cid: str) -> None:
+        """Remove what an earlier attempt of the cell traced."""
+        self.trace_path(cid).unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run for this process; another process gets a one-line error."""
@@ -291,12 +333,29 @@ class RunStore:
     def remove_temporary_files(self) -> list[Path]:
         """Delete what a killed writer left (``.NAME.*.tmp``); call with the lock held."""
         removed = []
-        for folder in (self.root, self.root / "cells", self.root / "predictions"):
+        folders = ("cells", "predictions", "traces")
+        for folder in (self.root, *(self.root / f for f in folders)):
             if folder.is_dir():
                 for path in folder.glob(".*.tmp"):
                     path.unlink(missing_ok=True)
                     removed.append(path)
         return removed
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as strict JSON: numpy numbers and arrays as numbers and lists, tuples as
+    lists, non-finite floats as None (a score of -inf: not scored), anything else as text."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return plain_json(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
 
 
 def open_run(path: Path | str) -> RunStore:

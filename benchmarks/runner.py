@@ -45,6 +45,7 @@ from benchmarks.cache import DEFAULT_CACHE_DIR, TRAINING_DIR, ResponseCache
 from benchmarks.client import MeteredBlackBox
 from benchmarks.companions import (
     black_box_dir,
+    companion_disclosures,
     companion_refusal,
     companion_vocabulary,
     fill_companions,
@@ -74,11 +75,13 @@ from benchmarks.results import (
 from benchmarks.tasks.base import Task, get_task
 from methods.artifacts import TrainingCache, tree_digest
 from methods.base import (
+    AUTO_MODEL,
     NEXT_TOKEN_LOGITS,
     AdaptedPolicy,
     BlackBox,
     BlackBoxTuner,
     CallPlan,
+    Disclosure,
     Example,
     Prediction,
     TuneContext,
@@ -383,6 +386,37 @@ class Runner:
         except (TypeError, ValueError) as exc:  # a Config's own range checks
             raise BenchError(f"method {method}: bad hyperparameter ({_one_line(exc)})") from exc
         return fill_companions(tuner, self.config.backend.model, overrides.keys())
+
+    def harness_disclosures(self, method: str, tuner: BlackBoxTuner) -> list[Disclosure]:
+        """What the harness knows of a cell of ``method`` that a reader needs: the white-box
+        models that filled its companion roles, and a prompt format other than the model's
+        default (or a system turn)."""
+        assert self.backend is not None
+        options = self.config.method_options.get(method, {})
+        overridden = {k for k, v in options.items() if v != AUTO_MODEL}
+        out = [
+            Disclosure("companion", line)
+            for line in companion_disclosures(tuner, self.config.backend.model, overridden)
+        ]
+        used, default = self.backend.prompt_format, self.backend.default_prompt_format()
+        if used != default:
+            what = "one user turn of its chat template" if used == "chat" else "text as given"
+            out.append(
+                Disclosure(
+                    "prompt-format",
+                    f"prompts sent as {used} ({what}); {self.config.backend.model}'s default "
+                    f"is {default}",
+                )
+            )
+        if self.backend.system_prompt:
+            out.append(
+                Disclosure(
+                    "prompt-format",
+                    f"a system turn of {len(self.backend.system_prompt)} characters before "
+                    "each prompt",
+                )
+            )
+        return out
 
     def plan(self) -> Plan:
         """Resolve names, open backends, load tasks, and project every cell's spend."""
@@ -739,7 +773,11 @@ class Runner:
             workdir=store.artifact_dir(cell.cid),
             resolve_model=resolve_model_dir,
             training_cache=self.training_cache,
+            disclosures=self.harness_disclosures(cell.method, tuner),
         )
+        # Records and the trace carry what the tuner disclosed and sent, whatever the outcome.
+        base = {**base, "disclosures": context.disclosures}
+        store.clear_trace(cell.cid)
         self.on_event("cell_start", {"cell": cell.cid, "n_eval": len(splits["test"])})
         progress = PhaseProgress(self.on_event, cell.cid, meter)
         meter.on_record = progress.tick
@@ -815,18 +853,22 @@ class Runner:
                 raise guard.tripped
         except BudgetExhausted as exc:
             wall[phase] = round(time.perf_counter() - t0, 3)
+            store.write_trace(cell.cid, cell.method, context.trace)
             return self._exhausted(store, base, meter, tuner, task, exc, phase, rows, wall)
         except BackendUnavailable:
             raise  # stops the run; this cell writes nothing and is re-run by --resume
         except BenchError as exc:
+            store.write_trace(cell.cid, cell.method, context.trace)
             return self._failed(store, base, meter, tuner, f"{exc}")
         except Exception as exc:  # a method bug fails its cell, not the run
             self.on_event(
                 "cell_traceback",
                 {"cell": cell.cid, "traceback": self._scrub(traceback.format_exc())},
             )
+            store.write_trace(cell.cid, cell.method, context.trace)
             return self._failed(store, base, meter, tuner, f"{type(exc).__name__}: {exc}")
         record = _evaluated_record(store, base, meter, tuner, task, rows, wall, status="ok")
+        store.write_trace(cell.cid, cell.method, context.trace)
         store.write_cell(record, rows)
         self.on_event(
             "cell_done",
@@ -962,6 +1004,7 @@ def _rows(
             "target": ex.target,
             "score": task.score(pred.answer, ex),
             **({"extra": dict(pred.extra)} if pred.extra else {}),
+            **({"prompt": pred.prompt} if pred.prompt is not None else {}),
         }
         for ex, pred in zip(batch[: len(predictions)], predictions, strict=True)
     ]

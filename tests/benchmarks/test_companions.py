@@ -151,6 +151,37 @@ def test_the_zoo_black_box_keeps_zoo_small(tmp_path: Path):
         assert getattr(runner.make_tuner(method).config, field) == "zoo-small"
 
 
+def test_the_companions_a_cell_uses_are_disclosed_chosen_or_set(tmp_path: Path):
+    """Each companion field in use is disclosed with its role, and whether the harness chose
+    the model for the black box or the user set it; proxy-tuning's expert, trained from its
+    base when not named, is not a companion model."""
+    methods = ["aligner", "bbox", "proxy-tuning", "few-shot"]
+    _, runner = _plan(tmp_path, "zoo-large", methods, bbox={"backbone": "zoo-small"},
+                      aligner={"corrector": "auto"})  # fmt: skip
+    told = {
+        m: [(d.kind, d.detail) for d in runner.harness_disclosures(m, runner.make_tuner(m))]
+        for m in methods
+    }
+    assert told == {
+        "aligner": [
+            (
+                "companion",
+                "small generative model to correct answers: aligner.corrector = zoo-small "
+                "(chosen for zoo-large)",
+            )
+        ],
+        "bbox": [("companion", "text scorer: bbox.backbone = zoo-small (set by the user)")],
+        "proxy-tuning": [
+            (
+                "companion",
+                "small model on the black box's vocabulary: proxy-tuning.base = zoo-small "
+                "(chosen for zoo-large)",
+            )
+        ],
+        "few-shot": [],
+    }
+
+
 def test_an_unknown_local_black_box_needs_a_companion_named(
     home: Path, tmp_path: Path, deeper_llama: Path
 ):

@@ -156,3 +156,46 @@ def test_a_record_keeps_the_bytes_its_cell_saved_and_old_records_load(tmp_path: 
     old = json.loads(store.root.joinpath("cells", "c1.json").read_text())
     del old["artifact_bytes"]
     assert CellRecord.model_validate(old).artifact_bytes is None
+
+
+def test_disclosures_round_trip_and_old_records_read_as_none(tmp_path: Path) -> None:
+    from methods.base import Disclosure
+
+    store = RunStore(tmp_path / "run")
+    store.write_spec({"run_id": "run"})
+    told = [Disclosure("no-change", "returned z = 0"), Disclosure("not-sent", "3 of 8")]
+    rec = _record("c1").model_copy(update={"disclosures": told})
+    rec = CellRecord.model_validate(rec.model_dump())  # as the runner builds it
+    store.write_cell(rec)
+    loaded = store.read_cell("c1")
+    assert loaded is not None
+    assert [(d.kind, d.detail) for d in loaded.disclosures] == [
+        ("no-change", "returned z = 0"),
+        ("not-sent", "3 of 8"),
+    ]
+    old = json.loads(store.cell_path("c1").read_text())
+    del old["disclosures"]  # a record written before the field
+    assert CellRecord.model_validate(old).disclosures == []
+    later = {**old, "disclosures": [{"kind": "a-later-kind", "detail": "x"}]}
+    assert CellRecord.model_validate(later).disclosures[0].kind == "a-later-kind"
+
+
+def test_a_trace_is_strict_json_and_a_run_clears_it_and_its_leftovers(tmp_path: Path) -> None:
+    import numpy as np
+
+    store = RunStore(tmp_path / "run")
+    events = [{"event": "dev", "acc": np.float32(0.5), "z": np.zeros(2), "s": (float("inf"),)}]
+    store.write_trace("c1", "bbt", events)
+    text = store.trace_path("c1").read_text()
+    assert json.loads(text) == {
+        "cell_id": "c1",
+        "method": "bbt",
+        "events": [{"event": "dev", "acc": 0.5, "z": [0.0, 0.0], "s": [None]}],
+    }
+    store.clear_trace("c1")
+    assert not store.trace_path("c1").exists()
+    store.write_trace("c1", "zero-shot", [])  # nothing traced: no file
+    assert not store.trace_path("c1").exists()
+    leftover = store.root / "traces" / ".c1.json.x.tmp"
+    leftover.write_text("{")
+    assert leftover in store.remove_temporary_files() and not leftover.exists()

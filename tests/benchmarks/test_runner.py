@@ -16,7 +16,7 @@ from benchmarks.cli import main
 from benchmarks.results import RunStore
 from benchmarks.server import start_server
 from benchmarks.tiny import tiny_model_dir
-from methods import PROMPT_EMBEDS, BlackBoxTuner, register_method
+from methods import PROMPT_EMBEDS, BlackBoxTuner, PromptPolicy, register_method
 from tests.benchmarks.conftest import tiny_run_argv
 
 
@@ -35,6 +35,28 @@ class NeedsEmbeds(BlackBoxTuner):
 
     def fit(self, train, *, task, backend, dev=None, proposer=None, context=None):  # type: ignore[no-untyped-def]
         raise AssertionError("a refused method must never be fitted")
+
+
+@dataclass(frozen=True)
+class _DisclosingConfig:
+    #: raise after disclosing and tracing (a failed cell keeps both).
+    fail: bool = False
+
+
+@register_method("test-discloser")
+class Discloser(BlackBoxTuner):
+    """A tuner that discloses a cut, sends two events and returns the task's default
+    instruction (test fixture for the runner's records and traces)."""
+
+    Config = _DisclosingConfig
+
+    def fit(self, train, *, task, backend, dev=None, proposer=None, context=None):  # type: ignore[no-untyped-def]
+        context.disclose("truncated", "2 of 5 demonstrations cut")
+        context.on_event("step", {"step": 0, "scores": [0.5, float("-inf")]})
+        context.on_event("step", {"step": 1, "scores": [0.75]})
+        if self.config.fail:
+            raise RuntimeError("boom")
+        return PromptPolicy(instruction=task.instructions[0])
 
 
 @pytest.fixture(scope="module")
@@ -437,6 +459,19 @@ def test_prompt_format_reaches_tasks_records_and_run_json(
         store = RunStore(tmp_path / "r" / run)
         (cell,) = store.cells()
         assert (cell.prompt_format, cell.system_prompt) == (fmt, system)
+        # a format other than the model's default (raw here) is disclosed, and the system turn
+        assert [(d.kind, d.detail) for d in cell.disclosures] == (
+            [
+                (
+                    "prompt-format",
+                    f"prompts sent as chat (one user turn of its chat template); {chat_model}'s "
+                    "default is raw",
+                ),
+                ("prompt-format", "a system turn of 9 characters before each prompt"),
+            ]
+            if run == "chat"
+            else []
+        )
         options = store.read_spec()["config"]["backend"]["options"]
         assert options["prompt_format"] == fmt  # the resolved default is recorded too
     # A run recorded before the option resumes: its format was the backend's default.
@@ -473,3 +508,50 @@ def test_a_cell_that_answers_nothing_parseable_is_flagged(
     (warning,) = cell.warnings
     assert warning.startswith("one answer throughout: no parseable answer for 24 of 24")
     assert "WARNING" in capsys.readouterr().err  # the console writes to stderr
+
+
+def test_records_carry_disclosures_traces_and_the_prompts_sent(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """A cell's record holds what its tuner disclosed; its trace (every event, as strict
+    JSON: -inf as null) is written beside the records, for a failed cell too; each
+    prediction keeps the prompt that was sent. A method that traces nothing gets no file."""
+    from benchmarks.perf import suite_config
+    from benchmarks.runner import Runner
+    from benchmarks.tasks.base import get_task
+
+    config = suite_config(
+        tmp_path, "told", model=str(model_dir), methods=["test-discloser", "zero-shot"], limit=3
+    )
+    with Runner(config) as runner:
+        done, plain = runner.run(runner.plan())
+    store = RunStore(tmp_path / "results" / "told")
+    assert done.status == "ok" and [(d.kind, d.detail) for d in done.disclosures] == [
+        ("truncated", "2 of 5 demonstrations cut")
+    ]
+    assert store.read_cell(done.cell_id).disclosures == done.disclosures  # type: ignore[union-attr]
+    trace = json.loads(store.trace_path(done.cell_id).read_text())
+    assert trace == {
+        "cell_id": done.cell_id,
+        "method": "test-discloser",
+        "events": [
+            {"event": "step", "step": 0, "scores": [0.5, None]},
+            {"event": "step", "step": 1, "scores": [0.75]},
+        ],
+    }
+    task = get_task("zoo-sentiment")
+    tests = {ex.id: ex for ex in task.examples("test")}
+    rows = store.predictions(done.cell_id)
+    assert len(rows) == 3
+    assert all(r["prompt"] == task.render(tests[r["id"]], instruction=task.instructions[0])
+               for r in rows)  # fmt: skip
+    assert plain.disclosures == [] and not store.trace_path(plain.cell_id).exists()
+
+    config.method_options = {"test-discloser": {"fail": True}}
+    config.run_id = "failed"
+    with Runner(config) as runner:
+        failed, _ = runner.run(runner.plan())
+    store = RunStore(tmp_path / "results" / "failed")
+    assert failed.status == "failed" and failed.reason == "RuntimeError: boom"
+    assert [d.kind for d in failed.disclosures] == ["truncated"]
+    assert len(json.loads(store.trace_path(failed.cell_id).read_text())["events"]) == 2
