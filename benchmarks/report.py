@@ -87,6 +87,8 @@ class ReportCell:
     runs hold the same cell)."""
     predictions: tuple[dict[str, Any], ...] = ()
     run_id: str = ""
+    trace: Path | None = None
+    """The tuner's trace (``traces/<cell_id>.json`` of its run), where the run kept one."""
 
     def scores(self) -> dict[str, float]:
         """Score by example id."""
@@ -95,6 +97,18 @@ class ReportCell:
             for p in self.predictions
             if "id" in p and isinstance(p.get("score"), (int, float))
         }
+
+
+@dataclass(frozen=True)
+class Disclosed:
+    """A cell's disclosure (`CellRecord.disclosures`) as the tables mark and list it."""
+
+    cell: str
+    """The cell's page name (`ReportCell.key`)."""
+    task: str
+    seed: int
+    kind: str
+    detail: str
 
 
 @dataclass
@@ -126,6 +140,9 @@ class Row:
     gain_replicates: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     """The cells' warnings (`CellRecord.warnings`), each with its seed: marked in the tables."""
+    disclosures: list[Disclosed] = field(default_factory=list)
+    """The finished cells' disclosures: a mark per kind beside the accuracy, listed under the
+    table."""
 
     @property
     def ok(self) -> bool:
@@ -349,6 +366,7 @@ def _task_row(method: str, group: list[ReportCell]) -> Row:
         return row
     recs = [c.record for c in ok]
     row.warnings = [f"seed {r.seed}: {w}" for r in recs for w in r.warnings]
+    row.disclosures = disclosed(ok)
     mean, std = _mean_std([r.accuracy for r in recs if r.accuracy is not None])
     n = len(recs)
     by_seed: dict[int, list[float]] = defaultdict(list)
@@ -418,6 +436,7 @@ def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> list[Row]:
             continue
         row.accuracy = statistics.fmean(r.accuracy for r in ok if r.accuracy is not None)
         row.warnings = [f"{task}, {w}" for task, r in mine.items() if r.ok for w in r.warnings]
+        row.disclosures = [d for r in ok for d in r.disclosures]
         common = set.intersection(*(set(r.seed_accuracy) for r in ok))
         per_seed = [statistics.fmean(r.seed_accuracy[s] for r in ok) for s in sorted(common)]
         row.std = statistics.stdev(per_seed) if len(per_seed) > 1 else (0.0 if per_seed else None)
@@ -506,7 +525,112 @@ def format_accuracy(row: Row) -> str:
     if row.accuracy is None:
         return row.status
     mark = f" {WARNING_MARK}" if row.warnings else ""
-    return f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}") + mark
+    text = f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}") + mark
+    return text + disclosure_marks(row)
+
+
+#: the mark of each disclosure kind (`methods.base.DISCLOSURE_KINDS`) beside an accuracy; a
+#: kind from a later version of the record shows as `OTHER_MARK`.
+DISCLOSURE_MARKS: dict[str, str] = {
+    "no-change": "∅",
+    "truncated": "✂",
+    "not-sent": "⊘",
+    "k-reduced": "↓",
+    "substitute": "≈",
+    "companion": "◇",
+    "prompt-format": "¶",
+}
+OTHER_MARK = "†"
+
+
+def disclosed(cells: Sequence[ReportCell]) -> list[Disclosed]:
+    """The disclosures of ``cells``, in order."""
+    return [
+        Disclosed(c.key, c.record.task, c.record.seed, d.kind, d.detail)
+        for c in cells
+        for d in c.record.disclosures
+    ]
+
+
+def disclosure_marks(row: Row) -> str:
+    """The marks of the row's disclosure kinds (" ∅✂"), then "no change" in words when a
+    cell returned its starting prompt or point (with how many, when not all did)."""
+    kinds = {d.kind for d in row.disclosures}
+    marks = [mark for kind, mark in DISCLOSURE_MARKS.items() if kind in kinds]
+    marks += [OTHER_MARK] if kinds - set(DISCLOSURE_MARKS) else []
+    text = f" {''.join(marks)}" if marks else ""
+    unchanged = {d.cell for d in row.disclosures if d.kind == "no-change"}
+    if unchanged:
+        cells = sum(_finished(c.record) for c in row.cells)
+        text += " no change" + ("" if len(unchanged) >= cells else f" ({len(unchanged)}/{cells})")
+    return text
+
+
+@dataclass(frozen=True)
+class LegendLine:
+    """One legend entry: a method's disclosure of one kind and detail, and the cells (page
+    name, task, seed) that made it."""
+
+    method: str
+    kind: str
+    detail: str
+    cells: tuple[tuple[str, str, int], ...]
+
+    @property
+    def mark(self) -> str:
+        return DISCLOSURE_MARKS.get(self.kind, OTHER_MARK)
+
+
+def disclosure_legend(section: Section) -> list[LegendLine]:
+    """The section's disclosures, one entry per method, kind and detail (cells that said the
+    same are grouped), in row order, marks in `DISCLOSURE_MARKS` order."""
+    lines: list[LegendLine] = []
+    for row in section.rows:
+        groups: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
+        for d in row.disclosures:
+            groups.setdefault((d.kind, d.detail), []).append((d.cell, d.task, d.seed))
+        for (kind, detail), cells in sorted(groups.items(), key=lambda g: _kind_order(g[0][0])):
+            lines.append(LegendLine(row.method, kind, detail, tuple(cells)))
+    return lines
+
+
+def _kind_order(kind: str) -> int:
+    kinds = list(DISCLOSURE_MARKS)
+    return kinds.index(kind) if kind in kinds else len(kinds)
+
+
+def legend_cells(line: LegendLine, *, overall: bool, link: Any = None) -> str:
+    """Where a legend entry holds: "seeds 0, 1" (a task's table) or "t1 seeds 0, 1; t2 seed
+    0" (overall); ``link(page, text)`` turns each seed into a link to its cell's page."""
+    by_task: dict[str, list[tuple[str, int]]] = {}
+    for page, task, seed in line.cells:
+        by_task.setdefault(task, []).append((page, seed))
+    parts = []
+    for task, seeds in by_task.items():
+        label = "seed" if len(seeds) == 1 else "seeds"
+        shown = ", ".join(link(page, str(s)) if link else str(s) for page, s in seeds)
+        parts.append(f"{task} {label} {shown}" if overall else f"{label} {shown}")
+    return "; ".join(parts)
+
+
+def _markdown_legend(section: Section) -> list[str]:
+    """The disclosures under a Markdown table: the marks' meanings, then each entry."""
+    from methods.base import DISCLOSURE_KINDS
+
+    legend = disclosure_legend(section)
+    if not legend:
+        return []
+    key = "; ".join(
+        f"{DISCLOSURE_MARKS.get(k, OTHER_MARK)} {k}: {DISCLOSURE_KINDS.get(k, 'a later kind')}"
+        for k in sorted({line.kind for line in legend}, key=_kind_order)
+    )
+    lines = ["", f"Disclosures (marks beside the accuracy): {key}.", ""]
+    for line in legend:
+        where = legend_cells(
+            line, overall=section.overall, link=lambda page, text: f"[{text}](cells/{page}.html)"
+        )
+        lines.append(f"- {line.mark} {line.kind}, `{line.method}` {where}: {line.detail}")
+    return lines
 
 
 def format_gain(row: Row) -> str:
@@ -579,6 +703,7 @@ def render_markdown(report: Report) -> str:
         if flagged:
             lines += ["", f"{WARNING_MARK} Warnings:", ""]
             lines += [f"- {WARNING_MARK} `{method}` {warning}" for method, warning in flagged]
+        lines += _markdown_legend(section)
         lines += [
             "",
             f"Cost relative to `{ref}` (method ÷ {ref}; dollars when priced, tokens otherwise):",
@@ -611,6 +736,7 @@ def collect_cells(stores: Sequence[RunStore]) -> list[ReportCell]:
             key=r.cell_id if counts[r.cell_id] == 1 else f"{slug(store.run_id)}--{r.cell_id}",
             predictions=tuple(store.predictions(r.cell_id)),
             run_id=store.run_id,
+            trace=store.trace_path(r.cell_id) if store.trace_path(r.cell_id).is_file() else None,
         )
         for store, records in loaded
         for r in records
@@ -666,14 +792,17 @@ def write_report(
     plots = _write_plots(report, out_dir)
     md = out_dir / "leaderboard.md"
     write_atomic(md, render_markdown(report))
-    pages = []
+    pages, traces = [], []
     for cell in cells:
         page = out_dir / "cells" / f"{cell.key}.html"
         write_atomic(page, render_cell_page(cell, report))
         pages.append(page)
+        if cell.trace is not None:  # beside its page, so the report folder is self-contained
+            traces.append(out_dir / "cells" / f"{cell.key}.trace.json")
+            write_atomic(traces[-1], cell.trace.read_text(encoding="utf-8"))
     index = out_dir / "index.html"
     write_atomic(index, render_index(report))
-    _remove_stale(out_dir / "cells", ("*.html",), set(pages))
+    _remove_stale(out_dir / "cells", ("*.html", "*.trace.json"), {*pages, *traces})
     _remove_stale(out_dir / "plots", ("*.png", "*.svg"), set(plots))
     return ReportFiles(md, index, plots, pages)
 

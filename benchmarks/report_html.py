@@ -17,18 +17,23 @@ from typing import Any
 
 from benchmarks.metering import request_seconds, total_tokens
 from benchmarks.report import (
+    DISCLOSURE_MARKS,
     FLAVOUR,
     NOTES,
+    OTHER_MARK,
     Report,
     ReportCell,
     Row,
     Section,
     compute_seconds,
+    disclosure_legend,
     format_accuracy,
     format_compute,
     format_gain,
+    legend_cells,
     slug,
 )
+from methods.base import DISCLOSURE_KINDS
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
@@ -47,6 +52,8 @@ figure img { max-width: 640px; width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 12px; color: #555; }
 pre.output { white-space: pre-wrap; margin: 0; font-size: 12px; max-width: 60em; }
 p.note { color: #444; max-width: 70em; }
+ul.disclosures { max-width: 90em; font-size: 13px; }
+pre.prompt { white-space: pre-wrap; margin: 0; font-size: 11px; max-width: 50em; color: #444; }
 """
 
 #: click a header to sort its table; values come from data-sort when present.
@@ -198,6 +205,34 @@ def _leaderboard(section: Section, report: Report) -> list[str]:
     return out
 
 
+def _mark(kind: str) -> str:
+    """A kind's mark, its meaning as the tooltip (escaped HTML)."""
+    meaning = DISCLOSURE_KINDS.get(kind, "a later kind")
+    return (
+        f'<abbr title="{escape(meaning)}">{escape(DISCLOSURE_MARKS.get(kind, OTHER_MARK))}</abbr>'
+    )
+
+
+def _disclosure_legend(section: Section) -> list[str]:
+    """The marks of the table above, each entry linking its cells' pages."""
+    legend = disclosure_legend(section)
+    if not legend:
+        return []
+
+    def link(page: str, text: str) -> str:
+        return f'<a href="cells/{escape(page)}.html">{escape(text)}</a>'
+
+    out = ["<p>Disclosures (marks beside the accuracy):</p>", '<ul class="disclosures">']
+    for line in legend:
+        where = legend_cells(line, overall=section.overall, link=link)
+        out.append(
+            f"<li>{_mark(line.kind)} {escape(line.kind)}, <code>{escape(line.method)}</code> "
+            f"{where}: {escape(line.detail)}</li>"
+        )
+    out.append("</ul>")
+    return out
+
+
 def _ratios(section: Section, report: Report) -> list[str]:
     ref = escape(report.cost_reference)
     out = [
@@ -253,6 +288,7 @@ def render_index(report: Report) -> str:
         heading = "Overall" if section.overall else section.name
         body += [f'<section id="{escape(section.anchor)}">', f"<h2>{escape(heading)}</h2>"]
         body += _leaderboard(section, report)
+        body += _disclosure_legend(section)
         body += _ratios(section, report)
         body += _plots(section, report)
         body.append("</section>")
@@ -304,8 +340,27 @@ def render_cell_page(cell: ReportCell, report: Report) -> str:
         + escape(json.dumps(r.hyperparameters, indent=2, sort_keys=True, ensure_ascii=False))
         + "</pre></details>",
     ]
+    body += _cell_disclosures(cell)
     body += _predictions(cell.predictions, r.status)
     return _page(f"{r.cell_id} ({report.title})", body)
+
+
+def _cell_disclosures(cell: ReportCell) -> list[str]:
+    """The cell's disclosures (kind, mark, detail) and a link to its tuner's trace."""
+    out = []
+    if cell.record.disclosures:
+        out += ["<h2>Disclosures</h2>", '<ul class="disclosures">']
+        out += [
+            f"<li>{_mark(d.kind)} {escape(d.kind)}: {escape(d.detail)}</li>"
+            for d in cell.record.disclosures
+        ]
+        out.append("</ul>")
+    if cell.trace is not None:
+        out.append(
+            f'<p>Tuner trace (every event it sent while tuning): <a href="'
+            f'{escape(cell.key)}.trace.json">{escape(cell.key)}.trace.json</a></p>'
+        )
+    return out
 
 
 def _request_facts(usage: dict[str, Any]) -> list[tuple[str, str]]:
@@ -318,6 +373,17 @@ def _request_facts(usage: dict[str, Any]) -> list[tuple[str, str]]:
         ("requests in flight, wall s", "n/a (not recorded)" if wall is None else f"{wall:.2f}"),
         ("request latencies summed, s", f"{summed:.2f}"),
     ]
+
+
+def _prompt(prediction: dict[str, Any]) -> str:
+    """The prompt sent for a prediction, folded (predictions stored before it was kept have
+    none)."""
+    if not isinstance(prediction.get("prompt"), str):
+        return ""
+    return (
+        "<details><summary>prompt sent</summary>"
+        f'<pre class="prompt">{escape(prediction["prompt"])}</pre></details>'
+    )
 
 
 def _predictions(predictions: Sequence[dict[str, Any]], status: str) -> list[str]:
@@ -346,7 +412,10 @@ def _predictions(predictions: Sequence[dict[str, Any]], status: str) -> list[str
             + _td(_text(score), score if numeric else "", num=True)
             + _td(_text(p.get("answer")))
             + _td(_text(p.get("target")))
-            + _td(f'<pre class="output">{escape(_text(p.get("output")))}</pre>', html=True)
+            + _td(
+                f'<pre class="output">{escape(_text(p.get("output")))}</pre>' + _prompt(p),
+                html=True,
+            )
             + "</tr>"
         )
     out += ["</tbody>", "</table>"]

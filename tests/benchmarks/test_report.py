@@ -4,6 +4,7 @@ byte-for-byte reproducibility, and a report from a real run on the tiny backend.
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from html.parser import HTMLParser
@@ -478,3 +479,86 @@ def test_unpriced_model_is_na_in_an_old_record_without_its_model_list() -> None:
     priced.model = "gpt-4o-mini"
     (row,) = leaderboard_rows([priced])["t1"]
     assert row.tune_usd == 0.0 and row.eval_usd_per_1k == 250.0
+
+
+# -- disclosures --------------------------------------------------------------------------------
+
+
+def _disclosing_grid(tmp_path: Path) -> RunStore:
+    """zero-shot and opro on t1 and t2, two seeds: opro's meta-prompt is cut in every cell
+    (the same detail on t1's two seeds), and on t1 seed 1 it returned its start."""
+    from methods.base import Disclosure
+
+    cells = []
+    for task in ("t1", "t2"):
+        for seed in (0, 1):
+            cells.append(_cell("zero-shot", task, seed, [1.0] * 5 + [0.0] * 5, eval_=100))
+            record, preds = _cell("opro", task, seed, [1.0] * 7 + [0.0] * 3, tune=50, eval_=100)
+            told = [Disclosure("truncated", f"meta-prompt cut in 9 of 9 steps ({task})")]
+            if (task, seed) == ("t1", 1):
+                told.insert(0, Disclosure("no-change", "returned its starting instruction"))
+            record = CellRecord.model_validate({**record.model_dump(), "disclosures": told})
+            preds = [{**p, "prompt": f"Solve .\n\nQ: {p['id']}\nA:"} for p in preds]
+            cells.append((record, preds))
+    store = _store(tmp_path / "run", cells)
+    store.write_trace(cell_id("opro", "t1", "b", "m", 0), "opro", [{"event": "opro_step"}])
+    return store
+
+
+def test_disclosures_are_marked_beside_the_accuracy_and_listed_under_each_table(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "reports"
+    write_report([_disclosing_grid(tmp_path)], out)
+    text = (out / "leaderboard.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| opro | generate")]
+    # overall, t1 (one seed of two unchanged), t2 (nothing unchanged)
+    assert len(rows) == 3
+    assert "0.700 ± 0.000 ∅✂ no change (1/4) |" in rows[0]
+    assert "0.700 ± 0.000 ∅✂ no change (1/2) |" in rows[1]
+    assert "0.700 ± 0.000 ✂ |" in rows[2] and "no change" not in rows[2]
+    clean = [line for line in text.splitlines() if line.startswith("| zero-shot | generate")]
+    assert clean and not any(mark in line for line in clean for mark in "∅✂⊘↓≈◇¶")
+    page = "cells/opro__t1__b__m__s{}.html"
+    t1 = text.split("## t1")[1].split("## t2")[0]
+    assert (
+        f"- ∅ no-change, `opro` seed [1]({page.format(1)}): returned its starting instruction" in t1
+    )
+    # the same detail on both seeds is one entry
+    assert (
+        f"- ✂ truncated, `opro` seeds [0]({page.format(0)}), [1]({page.format(1)}): "
+        "meta-prompt cut in 9 of 9 steps (t1)" in t1
+    )
+    assert "Disclosures (marks beside the accuracy): ∅ no-change: returned its starting" in t1
+    overall = text.split("## Overall")[1].split("## t1")[0]
+    assert "- ✂ truncated, `opro` t2 seeds [0](cells/opro__t2__b__m__s0.html), [1](" in overall
+    assert "- ∅ no-change, `opro` t1 seed [1](" in overall
+
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert index.count('<ul class="disclosures">') == 3  # overall, t1, t2
+    assert "0.700 ± 0.000 ∅✂ no change (1/2)" in index
+    assert '<a href="cells/opro__t1__b__m__s1.html">1</a>: returned its starting' in index
+    _check_links(out / "index.html")
+
+
+def test_a_cell_page_lists_its_disclosures_links_its_trace_and_shows_the_prompts(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "reports"
+    write_report([_disclosing_grid(tmp_path)], out)
+    page = out / "cells" / "opro__t1__b__m__s0.html"
+    html = page.read_text(encoding="utf-8")
+    assert "<h2>Disclosures</h2>" in html
+    assert "✂</abbr> truncated: meta-prompt cut in 9 of 9 steps (t1)</li>" in html
+    assert 'href="opro__t1__b__m__s0.trace.json"' in html
+    copied = out / "cells" / "opro__t1__b__m__s0.trace.json"
+    assert json.loads(copied.read_text())["events"] == [{"event": "opro_step"}]
+    assert html.count("<summary>prompt sent</summary>") == 10
+    assert "Solve .\n\nQ: e0\nA:</pre>" in html
+    _check_links(page)
+    # no trace, no link; a later report without the trace removes the stale copy
+    other = (out / "cells" / "opro__t1__b__m__s1.html").read_text(encoding="utf-8")
+    assert ".trace.json" not in other
+    (tmp_path / "run" / "traces" / "opro__t1__b__m__s0.json").unlink()
+    write_report([RunStore(tmp_path / "run")], out)
+    assert not copied.exists()
