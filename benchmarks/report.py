@@ -12,7 +12,9 @@ tokens and dollars, inference tokens and dollars per 1,000 examples, and white-b
 seconds (GPU or CPU, labelled); "n/a (needs X)" for methods the backend could not serve.
 Cells stopped by a spending cap (``budget_exhausted``) or failed are never averaged in: a
 method with none finished shows "budget exhausted" or "failed", and one with some finished
-seeds says how many others stopped.
+seeds says how many others stopped. Beside an accuracy, ⚠ marks cells with warnings and one
+sign per kind marks what cells disclosed (`DISCLOSURE_MARKS`; "no change" is also written
+out), each listed under the table with its cells and detail.
 
 Gain interval: a paired two-level percentile bootstrap. Each replicate draws the test
 examples with replacement (one draw, shared by the method and zero-shot, over the examples
@@ -42,7 +44,7 @@ import re
 import statistics
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ import numpy as np
 
 from benchmarks.metering import PHASES, PriceTable, total_tokens, total_usd
 from benchmarks.results import CellRecord, RunStore, write_atomic
+from methods.base import DISCLOSURE_KINDS
 from methods.registry import BenchError
 
 REFERENCE = "zero-shot"
@@ -599,7 +602,9 @@ def _kind_order(kind: str) -> int:
     return kinds.index(kind) if kind in kinds else len(kinds)
 
 
-def legend_cells(line: LegendLine, *, overall: bool, link: Any = None) -> str:
+def legend_cells(
+    line: LegendLine, *, overall: bool, link: Callable[[str, str], str] | None = None
+) -> str:
     """Where a legend entry holds: "seeds 0, 1" (a task's table) or "t1 seeds 0, 1; t2 seed
     0" (overall); ``link(page, text)`` turns each seed into a link to its cell's page."""
     by_task: dict[str, list[tuple[str, int]]] = {}
@@ -615,8 +620,6 @@ def legend_cells(line: LegendLine, *, overall: bool, link: Any = None) -> str:
 
 def _markdown_legend(section: Section) -> list[str]:
     """The disclosures under a Markdown table: the marks' meanings, then each entry."""
-    from methods.base import DISCLOSURE_KINDS
-
     legend = disclosure_legend(section)
     if not legend:
         return []

@@ -2,9 +2,10 @@
 
 Tables sort when a header is clicked (a few lines of inline JavaScript: numbers by value,
 text alphabetically, n/a always last, ties in the original order); the plots are the SVG
-files beside the page; every seed of a row links to its cell's page, which lists the
-predictions the run stored. Nothing is loaded from the network when a page is viewed, and
-every value from the results is HTML-escaped.
+files beside the page; every seed of a row links to its cell's page, which lists the cell's
+disclosures, links its tuner's trace (copied beside the page) and lists the predictions the
+run stored, each with the prompt sent. Nothing is loaded from the network when a page is
+viewed, and every value from the results is HTML-escaped.
 """
 
 from __future__ import annotations
