@@ -472,6 +472,11 @@ class Adapter:
         self.backbone.train(mode)
         self.head.train(mode)
 
+    def cut(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` `forward` truncates (from the left) to `max_length`."""
+        ids = self.tokenizer(list(texts))["input_ids"] if texts else []
+        return sum(len(row) > self.max_length for row in ids)
+
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """g for each text, shape [len(texts)] (with gradients)."""
         import torch
@@ -980,6 +985,7 @@ class BBoxAdapter(BlackBoxTuner):
                 return adapter.score([scorer_text(questions[i], a) for i, a in pairs])
 
         history: list[dict[str, Any]] = []
+        cut = trained = 0  # training texts the scorer reads cut to its window, of all
         for epoch in range(cfg.num_epochs if examples else 0):
             warmup = epoch < self._warmup_epochs()
             seed = derive_seed(ctx.seed, "epoch", epoch)
@@ -1013,6 +1019,8 @@ class BBoxAdapter(BlackBoxTuner):
                     picked=picks[i],
                     expand=expand,
                 )
+            scored = [scorer_text(questions[t.group], t.answer) for t in texts]
+            cut, trained = cut + adapter.cut(scored), trained + len(scored)
             losses = ctx.train(
                 "train adapter",
                 functools.partial(
@@ -1039,6 +1047,12 @@ class BBoxAdapter(BlackBoxTuner):
             history.append(record)
             # the trace keeps every batch's loss; the policy's meta the epoch's mean
             ctx.on_event("bbox_epoch", {**record, "losses": [round(v, 5) for v in losses]})
+        if cut:
+            ctx.disclose(
+                "truncated",
+                f"{cut} of {trained} training texts cut from the left to the scorer's "
+                f"{adapter.max_length}-token window",
+            )
         return BBoxAdapterPolicy(
             adapter,
             settings,

@@ -257,10 +257,20 @@ class ProxyTuning(BlackBoxTuner):
             expert = LocalLM.load(anti_dir, device=device)
             if adapter == "lora":
                 expert_peft = attach_lora(expert.model, lora_settings(cfg), seed=ctx.seed)
+            prompts = [task.render(ex, instruction=instruction) for ex in examples]
             sequences = [
-                training_sequence(expert, task.render(ex, instruction=instruction), task, ex)
-                for ex in examples
+                training_sequence(expert, p, task, ex)
+                for p, ex in zip(prompts, examples, strict=True)
             ]
+            cut = sum(
+                sequence_cut(expert, p, task, ex) for p, ex in zip(prompts, examples, strict=True)
+            )
+            if cut:
+                ctx.disclose(
+                    "truncated",
+                    f"{cut} of {len(sequences)} expert training sequences cut to the "
+                    f"{expert.context_length}-token window (the prompt's start first)",
+                )
             settings = {
                 "learning_rate": cfg.learning_rate,
                 "epochs": cfg.epochs,
@@ -320,15 +330,25 @@ class ProxyTuning(BlackBoxTuner):
 # --------------------------------------------------------------------------------------------
 
 
+def _target_ids(lm: LocalLM, task: TaskLike, example: Example) -> list[int]:
+    text = " " + task.render_target(example)
+    return [*lm.tokenizer(text, add_special_tokens=False)["input_ids"], lm.eos_id]
+
+
+def sequence_cut(lm: LocalLM, prompt: str, task: TaskLike, example: Example) -> bool:
+    """Whether `training_sequence` cuts this example to the model's window."""
+    window = lm.context_length
+    if not window:
+        return False
+    return len(lm.encode(prompt)) + len(_target_ids(lm, task, example)) > window
+
+
 def training_sequence(
     lm: LocalLM, prompt: str, task: TaskLike, example: Example
 ) -> tuple[list[int], int]:
     """(ids, prompt length) of one SFT example: the prompt's ids as decoding reads them, then
     " " + the gold completion and EOS, cut from the prompt's left to the model's window."""
-    target = list(
-        lm.tokenizer(" " + task.render_target(example), add_special_tokens=False)["input_ids"]
-    )
-    target.append(lm.eos_id)
+    target = _target_ids(lm, task, example)
     ids = lm.encode(prompt)
     window = lm.context_length or len(ids) + len(target)
     target = target[: max(1, window - 1)]

@@ -454,6 +454,25 @@ def _fit(
     return policy, bb, seen, events
 
 
+def test_texts_cut_to_the_scorers_window_are_disclosed_with_their_count() -> None:
+    """The scorer reads question and answer cut from the left to its window: in a 192-token
+    zoo-small nothing of the toy task is cut; at 6 tokens every text is, and the count says
+    so."""
+    task = _Chain()
+    told = []
+    for max_length in (512, 6):
+        ctx = TuneContext(seed=1, resolve_model=resolve_model_dir)
+        BBoxAdapter(**{**SMALL, "max_length": max_length}).fit(
+            task.examples("train")[:2], task=task, backend=_BlackBox(_script), context=ctx
+        )
+        told.append([(d.kind, d.detail) for d in ctx.disclosures])
+    assert told[0] == []
+    ((kind, detail),) = told[1]
+    n = int(detail.split(" of ")[1].split()[0])
+    assert kind == "truncated" and n > 0
+    assert detail == f"{n} of {n} training texts cut from the left to the scorer's 6-token window"
+
+
 def test_warmup_negatives_come_from_the_black_box_then_from_beam_search(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

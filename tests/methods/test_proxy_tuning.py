@@ -20,6 +20,7 @@ from methods.proxy_tuning import (
     ProxyTuningPolicy,
     finetune,
     proxy_scores,
+    sequence_cut,
     training_sequence,
 )
 from tests.methods.conftest import VocabBox
@@ -58,11 +59,15 @@ def test_training_sequences_mask_the_prompt(small_dir: Path) -> None:
     assert (labels[0, :n_prompt] == IGNORE_INDEX).all()
     assert labels[0, n_prompt:].tolist() == ids[n_prompt:]
     assert labels[1].tolist() == [IGNORE_INDEX] * 3 + ids[3:5] + [IGNORE_INDEX] * (len(ids) - 5)
+    assert not sequence_cut(lm, prompt, task, ex)
     # a long prompt loses its start, never the completion
     lm.context_length = 40
     cut, n_cut = training_sequence(lm, prompt, task, ex)
     assert len(cut) == 40 and cut[n_cut:] == ids[n_prompt:][: 40 - n_cut]
     assert cut[:n_cut] == ids[:n_prompt][-n_cut:]
+    assert sequence_cut(lm, prompt, task, ex)  # what the expert's "truncated" count adds up
+    lm.context_length = len(ids)
+    assert not sequence_cut(lm, prompt, task, ex)  # exactly full: nothing cut
 
 
 def _mean_loss(lm: LocalLM, seqs: list[tuple[list[int], int]]) -> float:
@@ -260,3 +265,40 @@ def test_proxy_tuning_light_on_zoo_arith(zoo_large: Any, small_dir: Path, tmp_pa
     policy.save(tmp_path / "p")
     again = load_policy(tmp_path / "p").predict(test[:2], task=task, backend=zoo_large)
     assert [p.output for p in again] == [p.output for p in preds[:2]]
+
+
+def test_expert_sequences_cut_to_the_window_are_disclosed(
+    small_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zoo-arith's training sequences fit zoo-small's 192 tokens; in a 40-token expert all
+    four are cut, and the count is disclosed."""
+    import methods.proxy_tuning as proxy
+
+    task = get_task("zoo-arith", n_train=4, n_dev=1, n_test=1)
+    vocab = LocalLM.load(small_dir).vocabulary()
+    told = []
+    load = LocalLM.load
+    for window in (None, 40):
+
+        def short(path: Path, *, window: int | None = window, **kw: Any) -> LocalLM:
+            lm = load(path, **kw)
+            lm.context_length = window or lm.context_length
+            return lm
+
+        monkeypatch.setattr(proxy.LocalLM, "load", short)
+        ctx = TuneContext(seed=3, resolve_model=resolve_model_dir)
+        ProxyTuning.from_budget("light", epochs=1).fit(
+            task.examples("train"), task=task, backend=VocabBox(vocab), context=ctx
+        )
+        monkeypatch.undo()
+        told.append([(d.kind, d.detail) for d in ctx.disclosures])
+    assert told == [
+        [],
+        [
+            (
+                "truncated",
+                "4 of 4 expert training sequences cut to the 40-token window (the prompt's "
+                "start first)",
+            )
+        ],
+    ]
