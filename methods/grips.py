@@ -309,9 +309,8 @@ class GripsTuner(BlackBoxTuner):
             ctx.disclose(
                 "not-sent",
                 f"{scorer.over_window} of {candidates} candidate instructions never scored: "
-                f"their prompts did not fit the task model's "
-                f"{getattr(backend, 'context_length', None)}-token "
-                "window",
+                "their prompts did not fit the task model's "
+                f"{getattr(backend, 'context_length', None)}-token window",
             )
         if paraphraser.unsent:
             ctx.disclose(
