@@ -578,6 +578,8 @@ class LegendLine:
     kind: str
     detail: str
     cells: tuple[tuple[str, str, int], ...]
+    every: bool = False
+    """Whether every finished cell of the row said it (listed as such, not cell by cell)."""
 
     @property
     def mark(self) -> str:
@@ -589,11 +591,13 @@ def disclosure_legend(section: Section) -> list[LegendLine]:
     same are grouped), in row order, marks in `DISCLOSURE_MARKS` order."""
     lines: list[LegendLine] = []
     for row in section.rows:
+        finished = sum(_finished(c.record) for c in row.cells)
         groups: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
         for d in row.disclosures:
             groups.setdefault((d.kind, d.detail), []).append((d.cell, d.task, d.seed))
         for (kind, detail), cells in sorted(groups.items(), key=lambda g: _kind_order(g[0][0])):
-            lines.append(LegendLine(row.method, kind, detail, tuple(cells)))
+            every = len({c[0] for c in cells}) >= finished > 1
+            lines.append(LegendLine(row.method, kind, detail, tuple(cells), every))
     return lines
 
 
@@ -606,7 +610,10 @@ def legend_cells(
     line: LegendLine, *, overall: bool, link: Callable[[str, str], str] | None = None
 ) -> str:
     """Where a legend entry holds: "seeds 0, 1" (a task's table) or "t1 seeds 0, 1; t2 seed
-    0" (overall); ``link(page, text)`` turns each seed into a link to its cell's page."""
+    0" (overall), "every cell" when all the row's finished cells said it; ``link(page,
+    text)`` turns each seed into a link to its cell's page."""
+    if line.every:
+        return "every cell"
     by_task: dict[str, list[tuple[str, int]]] = {}
     for page, task, seed in line.cells:
         by_task.setdefault(task, []).append((page, seed))
