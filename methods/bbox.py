@@ -77,6 +77,7 @@ greedily, a stronger baseline than the paper's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -446,6 +447,7 @@ class Adapter:
         self.tokenizer.truncation_side = "left"
         self.tokenizer.padding_side = "right"
         self.device = "cpu"
+        self._counter: Any = None  # a copy of the tokenizer for `cut`
 
     @classmethod
     def from_pretrained(
@@ -474,8 +476,13 @@ class Adapter:
 
     def cut(self, texts: Sequence[str]) -> int:
         """How many of ``texts`` `forward` truncates (from the left) to `max_length`."""
-        ids = self.tokenizer(list(texts))["input_ids"] if texts else []
-        return sum(len(row) > self.max_length for row in ids)
+        if not texts:
+            return 0
+        # A copy counts: a fast tokenizer keeps the truncation of its last call and saves it,
+        # so counting with the scorer's own would change the saved policy's files.
+        if self._counter is None:
+            self._counter = copy.deepcopy(self.tokenizer)
+        return sum(len(row) > self.max_length for row in self._counter(list(texts))["input_ids"])
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """g for each text, shape [len(texts)] (with gradients)."""
