@@ -10,6 +10,9 @@ Per task, one row per method, aggregated over seeds: the access it needs, accura
 over seeds, gain over the task's ``zero-shot`` row with a 95% confidence interval, tuning
 tokens and dollars, inference tokens and dollars per 1,000 examples, and white-box compute
 seconds (GPU or CPU, labelled); "n/a (needs X)" for methods the backend could not serve.
+A second gain column is over the task's ``manual-best`` row (the best hand-written instruction
+on dev: what an instruction search must beat), with the same bootstrap; "n/a (reason)" where
+the task has no finished manual-best row.
 Cells stopped by a spending cap (``budget_exhausted``) or failed are never averaged in: a
 method with none finished shows "budget exhausted" or "failed", and one with some finished
 seeds says how many others stopped.
@@ -21,13 +24,17 @@ separately for each side, its seeds with replacement; the gain of a replicate is
 difference of the two means. 2,000 replicates with a generator seeded by the task name, so
 the interval is reproducible. With one seed only the examples vary; with few examples the
 interval is rough. A cell without stored predictions has no interval (n/a, with the reason).
+The gain over manual-best is the same computation with manual-best in zero-shot's place (the
+same generator seed, so the same draws of examples).
 
 Overall, per method, over the tasks where it has finished cells (the ``tasks`` column says how
 many of the report's tasks that is, as a mean over fewer tasks is not comparable): accuracy
 and gain are means over tasks of the per-task values (± is the std over seeds of the per-seed
 mean over tasks, for the seeds every counted task has; the gain interval averages the tasks'
-bootstrap replicates); tuning tokens, dollars and compute seconds are summed over tasks (the
-cost of tuning for all of them); inference per 1,000 examples is averaged over tasks.
+bootstrap replicates; both gains alike, the manual-best one saying over how many tasks when
+manual-best finished fewer than the method); tuning tokens, dollars and compute seconds are
+summed over tasks (the cost of tuning for all of them); inference per 1,000 examples is
+averaged over tasks.
 
 Cost ratios, in the form the BBox-Adapter paper uses: each method's tuning and inference cost
 divided by a reference method's on the same task (``--cost-reference``, default ``bbox``), in
@@ -54,6 +61,8 @@ from benchmarks.results import CellRecord, RunStore, write_atomic
 from methods.registry import BenchError
 
 REFERENCE = "zero-shot"
+#: the second gain reference: the best hand-written instruction (methods/manual_best.py).
+MANUAL_BEST = "manual-best"
 DEFAULT_COST_REFERENCE = "bbox"
 
 #: the leaderboard prices a method from a cold start (cache hits counted), so a warm cache
@@ -69,8 +78,9 @@ NOTES = (
     "Tokens and dollars are a method's cost from a cold start (cache hits counted; billed "
     "totals of each run are in its cell records); dollars are n/a for unpriced models. "
     "Compute is white-box seconds (GPU seconds on GPU, CPU seconds otherwise).",
-    "Gain is over the `zero-shot` row of the same task; its 95% interval is a paired "
-    "percentile bootstrap over test examples and seeds (2,000 replicates).",
+    "Gain is over the `zero-shot` row of the same task, and over its `manual-best` row (the best "
+    "hand-written instruction on dev); each 95% interval is a paired percentile bootstrap over "
+    "test examples and seeds (2,000 replicates).",
     "Overall: accuracy and gain are means over the tasks a method finished (`tasks` says how "
     "many); tuning tokens, dollars and compute are summed over those tasks; inference per "
     "1,000 examples is their mean.",
@@ -95,6 +105,20 @@ class ReportCell:
             for p in self.predictions
             if "id" in p and isinstance(p.get("score"), (int, float))
         }
+
+
+@dataclass
+class Gain:
+    """A row's gain over a reference row: the difference of mean accuracies, with its
+    bootstrap interval, or why there is none."""
+
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    replicates: np.ndarray | None = None
+    note: str = ""
+    """Why there is no gain (``value`` None) or no interval (``ci`` None)."""
+    tasks: str = ""
+    """Overall rows: ``k/n`` when the gain averages fewer tasks than the row counts."""
 
 
 @dataclass
@@ -126,6 +150,8 @@ class Row:
     gain_replicates: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     """The cells' warnings (`CellRecord.warnings`), each with its seed: marked in the tables."""
+    manual_gain: Gain = field(default_factory=Gain)
+    """The gain over the task's `MANUAL_BEST` row (overall: averaged like ``gain``)."""
 
     @property
     def ok(self) -> bool:
@@ -307,12 +333,14 @@ def leaderboard_rows(
     for task, by_method in sorted(by_task.items()):
         ref_cells = [c for c in by_method.get(REFERENCE, []) if _finished(c.record)]
         ref_mean = statistics.fmean(c.record.accuracy for c in ref_cells) if ref_cells else None  # type: ignore[misc]
+        manual_cells = [c for c in by_method.get(MANUAL_BEST, []) if _finished(c.record)]
         rows = []
         for method, group in sorted(by_method.items()):
             group.sort(key=lambda c: (c.record.seed, c.run_id))
             row = _task_row(method, group)
             if row.ok:
                 _add_gain(row, task, ref_cells, ref_mean)
+                row.manual_gain = _manual_gain(row, task, manual_cells)
             rows.append(row)
         out[task] = rows
     return out
@@ -332,7 +360,7 @@ def _task_row(method: str, group: list[ReportCell]) -> Row:
     }
     row = Row(
         method=method,
-        needs=", ".join(records[0].requires),
+        needs=", ".join(records[0].requires) or "nothing",  # majority makes no call
         status="ok",
         cells=list(group),
         seeds=len(ok),
@@ -391,6 +419,41 @@ def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float 
     row.gain_ci = interval(row.gain_replicates)
 
 
+def _manual_gain(row: Row, task: str, manual_cells: list[ReportCell]) -> Gain:
+    """``row``'s gain over the task's finished manual-best cells, bootstrapped as `_add_gain`
+    does over zero-shot (same seed: the same draws of examples)."""
+    if not manual_cells or row.accuracy is None:
+        return Gain(note=f"no finished {MANUAL_BEST} row")
+    value = row.accuracy - statistics.fmean(float(c.record.accuracy or 0.0) for c in manual_cells)
+    if row.method == MANUAL_BEST:
+        return Gain(0.0, (0.0, 0.0), np.zeros(REPLICATES))  # itself: no gain, by definition
+    mine = [c.scores() for c in row.cells if _finished(c.record)]
+    theirs = [c.scores() for c in manual_cells]
+    if not all(mine) or not all(theirs):
+        return Gain(value, note="no stored predictions")
+    try:
+        replicates = bootstrap_gain(mine, theirs, seed=_task_seed(task))
+    except ValueError as exc:
+        return Gain(value, note=str(exc))
+    return Gain(value, interval(replicates), replicates)
+
+
+def _overall_gain(per_task: Sequence[Gain], counted: int) -> Gain:
+    """The mean of the tasks' gains (those that have one) with their replicates averaged, as
+    the overall zero-shot gain is; ``counted`` is how many tasks the row counts."""
+    gained = [g for g in per_task if g.value is not None]
+    if not gained:
+        return Gain(note=next((g.note for g in per_task if g.note), "no task has a gain"))
+    value = statistics.fmean(g.value for g in gained if g.value is not None)
+    tasks = f"{len(gained)}/{counted}" if len(gained) < counted else ""
+    replicates = [g.replicates for g in gained if g.replicates is not None]
+    if len(replicates) < len(gained):
+        note = next(g.note for g in gained if g.replicates is None)
+        return Gain(value, note=note, tasks=tasks)
+    mean = np.mean(replicates, axis=0)
+    return Gain(value, interval(mean), mean, tasks=tasks)
+
+
 # -- overall ----------------------------------------------------------------------------------
 
 
@@ -432,6 +495,7 @@ def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> list[Row]:
                 row.ci_note = next(r.ci_note for r in gained if r.gain_replicates is None)
         else:
             row.ci_note = f"no finished {REFERENCE} row"
+        row.manual_gain = _overall_gain([r.manual_gain for r in ok], len(ok))
         row.tune_tokens = sum(r.tune_tokens or 0.0 for r in ok)
         row.tune_usd = _sum_or_none([r.tune_usd for r in ok])
         row.eval_tokens_per_1k = statistics.fmean(r.eval_tokens_per_1k or 0.0 for r in ok)
@@ -519,6 +583,19 @@ def format_gain(row: Row) -> str:
     return f"{row.gain:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def format_manual_gain(row: Row) -> str:
+    """The gain over manual-best as `format_gain` writes it, "n/a (reason)" without one, and
+    overall "(over k/n tasks)" when it averages fewer tasks than the row counts."""
+    gain = row.manual_gain
+    if gain.value is None:
+        return f"n/a ({gain.note})" if gain.note else "n/a"
+    if gain.ci is None:
+        text = f"{gain.value:+.3f} (no CI: {gain.note})"
+    else:
+        text = f"{gain.value:+.3f} [{gain.ci[0]:+.3f}, {gain.ci[1]:+.3f}]"
+    return text + (f" (over {gain.tasks} tasks)" if gain.tasks else "")
+
+
 def format_compute(row: Row) -> str:
     return "" if row.compute_s is None else f"{row.compute_s:.2f} ({row.compute_device})"
 
@@ -531,29 +608,30 @@ def _markdown_table(section: Section) -> list[str]:
     if section.overall:
         head = (
             "| method | needs | tasks | accuracy (mean ± std) | gain vs zero-shot [95% CI] | "
-            "tune tokens (sum) | tune $ (sum) | eval tokens / 1k ex (mean) | "
-            "eval $ / 1k ex (mean) | compute s (sum) |"
+            "gain vs manual-best [95% CI] | tune tokens (sum) | tune $ (sum) | "
+            "eval tokens / 1k ex (mean) | eval $ / 1k ex (mean) | compute s (sum) |"
         )
     else:
         head = (
-            "| method | needs | accuracy (mean ± std) | gain vs zero-shot [95% CI] | seeds | "
+            "| method | needs | accuracy (mean ± std) | gain vs zero-shot [95% CI] | "
+            "gain vs manual-best [95% CI] | seeds | "
             "tune tokens | tune $ | eval tokens / 1k ex | eval $ / 1k ex | compute s |"
         )
-    lines = [head, "|---" * 10 + "|"]
+    lines = [head, "|---" * 11 + "|"]
     for row in section.rows:
         if not row.ok:
             lines.append(
                 f"| {row.method} | {row.needs} | "
                 + (f"{row.tasks} | " if section.overall else "")
                 + f"{row.status} |"
-                + " |" * (6 if section.overall else 7)
+                + " |" * (7 if section.overall else 8)
             )
             continue
         third = row.tasks if section.overall else None
         cells = [row.method, row.needs]
         if third is not None:
             cells.append(third)
-        cells += [format_accuracy(row), format_gain(row)]
+        cells += [format_accuracy(row), format_gain(row), format_manual_gain(row)]
         if third is None:
             cells.append(format_seeds(row))
         cells += [

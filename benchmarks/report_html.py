@@ -27,6 +27,7 @@ from benchmarks.report import (
     format_accuracy,
     format_compute,
     format_gain,
+    format_manual_gain,
     slug,
 )
 
@@ -150,7 +151,11 @@ def _leaderboard(section: Section, report: Report) -> list[str]:
     heads = [_th("method", "text"), _th("needs", "text")]
     if section.overall:
         heads.append(_th("tasks"))
-    heads += [_th("accuracy (mean ± std)"), _th("gain vs zero-shot [95% CI]")]
+    heads += [
+        _th("accuracy (mean ± std)"),
+        _th("gain vs zero-shot [95% CI]"),
+        _th("gain vs manual-best [95% CI]"),
+    ]
     if not section.overall:
         heads.append(_th("seeds"))
     sums = " (sum)" if section.overall else ""
@@ -176,13 +181,15 @@ def _leaderboard(section: Section, report: Report) -> list[str]:
             cells.append(_td(f"{escape(row.tasks)} <small>{links}</small>", done, html=True))
         if not row.ok:
             cells.append(f'<td class="na" data-sort="">{escape(row.status)}</td>')
-            cells.append(_td("", ""))
+            cells += [_td("", "")] * 2  # the two gains
             if not section.overall:
                 cells.append(_td(_seed_links(row), "", html=True))
             cells += [_td("", "")] * 5
         else:
             cells.append(_td(format_accuracy(row), row.accuracy, num=True))
             cells.append(_td(format_gain(row), "" if row.gain is None else row.gain, num=True))
+            manual = row.manual_gain.value
+            cells.append(_td(format_manual_gain(row), "" if manual is None else manual, num=True))
             if not section.overall:
                 seeds = f"{row.seeds}" + (f" (+{row.stopped})" if row.stopped else "")
                 cells.append(_td(f"{escape(seeds)}: {_seed_links(row)}", row.seeds, html=True))

@@ -522,7 +522,7 @@ class BlackBoxTuner(ABC):
         try:
             self.config = dataclasses.replace(base, **overrides)
         except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(self.Config))
+            valid = ", ".join(f.name for f in dataclasses.fields(self.Config)) or "none"
             raise BenchError(f"{self.name}: bad hyperparameter ({exc}); valid: {valid}") from exc
         #: the Config fields set by the caller, which scale-dependent defaults (a method's
         #: ``pretrained_presets``) leave alone; a whole ``config`` counts as set throughout.

@@ -17,6 +17,7 @@ from benchmarks.cli import main
 from benchmarks.plots import Point, pareto_front
 from benchmarks.report import (
     ReportCell,
+    _task_seed,
     bootstrap_gain,
     build_report,
     collect_cells,
@@ -448,6 +449,104 @@ def test_a_constant_cell_is_flagged_in_the_tables_and_listed(tmp_path: Path) -> 
     assert "- ⚠ `majority` seed 1: one answer throughout" in text
     assert "- ⚠ `majority` t1, seed 1: one answer throughout" in text
     assert "⚠" in (out / "index.html").read_text(encoding="utf-8")
+
+
+# -- the gain over manual-best -------------------------------------------------------------------
+
+
+def _manual_grid() -> list[tuple[CellRecord, list[dict[str, Any]]]]:
+    """t1 has manual-best (two seeds), t2 has none."""
+    cells = _grid()
+    for seed in (0, 1):
+        cells.append(_cell("manual-best", "t1", seed, [1.0] * 7 + [0.0] * 3, tune=600, eval_=1200))
+    return cells
+
+
+def test_gain_over_manual_best_per_task(tmp_path: Path) -> None:
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "run", _manual_grid())]))
+    t1 = {r.method: r for r in by_task["t1"]}
+    few = t1["few-shot"].manual_gain
+    assert few.value == pytest.approx(0.75 - 0.7)
+    assert few.ci is not None and few.ci[0] < few.value < few.ci[1]
+    zero = t1["zero-shot"].manual_gain
+    assert zero.value == pytest.approx(-0.2) and zero.ci is not None
+    assert zero.ci[0] < zero.value and zero.ci[1] <= 0  # paired: the two differ on e5, e6 only
+    assert t1["manual-best"].manual_gain.ci == (0.0, 0.0)
+    assert t1["manual-best"].gain == pytest.approx(0.2)  # and over zero-shot, as any row
+    # No manual-best on t2: no gain, and why.
+    t2 = {r.method: r for r in by_task["t2"]}
+    assert t2["few-shot"].manual_gain.value is None
+    assert t2["few-shot"].manual_gain.note == "no finished manual-best row"
+    assert t2["few-shot"].gain == pytest.approx(0.2)  # the zero-shot gain is unaffected
+
+
+def test_gain_over_manual_best_is_the_zero_shot_bootstrap_with_manual_best_as_reference(
+    tmp_path: Path,
+) -> None:
+    """Same draws, same pairing: with manual-best scoring what zero-shot scores, the two
+    gains' replicates are identical; and they are `bootstrap_gain` with the task's seed."""
+    cells = [
+        _cell("zero-shot", "t", 0, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        _cell("manual-best", "t", 0, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        _cell("opro", "t", 0, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
+    ]
+    rows = {
+        r.method: r for r in leaderboard_rows(collect_cells([_store(tmp_path / "r", cells)]))["t"]
+    }
+    opro = rows["opro"]
+    assert opro.gain_replicates is not None and opro.manual_gain.replicates is not None
+    assert np.array_equal(opro.manual_gain.replicates, opro.gain_replicates)
+    expected = bootstrap_gain(
+        [opro.cells[0].scores()], [rows["manual-best"].cells[0].scores()], seed=_task_seed("t")
+    )
+    assert np.array_equal(opro.manual_gain.replicates, expected)
+    assert opro.manual_gain.ci == opro.gain_ci
+
+
+def test_overall_gain_over_manual_best_says_when_it_covers_fewer_tasks(tmp_path: Path) -> None:
+    cells = _manual_grid()
+    cells += [_cell("manual-best", "t2", s, [1.0] * 4 + [0.0] * 6, eval_=500) for s in (0, 1)]
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "run", cells)]))
+    rows = {r.method: r for r in overall_rows(by_task)}
+    few = rows["few-shot"].manual_gain
+    assert few.value == pytest.approx(((0.75 - 0.7) + (0.2 - 0.4)) / 2)  # mean over tasks
+    per_task = [r.manual_gain.replicates for t in by_task.values() for r in t]
+    assert few.ci is not None and few.tasks == "" and per_task
+    bbox = rows["bbox"].manual_gain  # finished t1 only, like its accuracy
+    assert bbox.value == pytest.approx(0.8 - 0.7) and bbox.tasks == ""
+    # Without manual-best on t2, the mean covers t1 alone and says so.
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "r2", _manual_grid())]))
+    few_partial = next(r for r in overall_rows(by_task) if r.method == "few-shot").manual_gain
+    assert few_partial.value == pytest.approx(0.75 - 0.7) and few_partial.tasks == "1/2"
+
+
+def test_markdown_and_html_show_the_manual_best_gain_alike(tmp_path: Path) -> None:
+    files = write_report([_store(tmp_path / "run", _manual_grid())], tmp_path / "reports")
+    md = files.markdown.read_text(encoding="utf-8")
+    html = files.html.read_text(encoding="utf-8")
+    by_task = leaderboard_rows(collect_cells([RunStore(tmp_path / "run")]))
+    few = next(r for r in by_task["t1"] if r.method == "few-shot").manual_gain
+    assert few.ci is not None
+    shown = f"{few.value:+.3f} [{few.ci[0]:+.3f}, {few.ci[1]:+.3f}]"
+    row = r"\| few-shot \| generate \| {accuracy} ± [0-9.]+ \| \+[0-9.]+ \[.*?\] \| {gain} \| 2 \|"
+    assert re.search(row.format(accuracy=r"0\.750", gain=re.escape(shown)), md)
+    assert re.search(
+        row.format(accuracy=r"0\.200", gain=r"n/a \(no finished manual-best row\)"), md
+    )
+    assert "(over 1/2 tasks)" in md  # few-shot overall: manual-best ran on t1 only
+    assert md.count("gain vs manual-best [95% CI]") == 3  # overall, t1, t2
+    # Every leaderboard row has as many cells as its header, refused and failed rows included.
+    for table in re.findall(r"^\| method \| needs \|.*?(?=\n\n)", md, re.S | re.M):
+        head, *rows = table.splitlines()
+        assert len(rows) >= 3 and all(row.count("|") == head.count("|") for row in rows), table
+    assert html.count(">gain vs manual-best [95% CI]</th>") == 3
+    assert f">{shown}</td>" in html
+    assert ">n/a (no finished manual-best row)</td>" in html
+    for table in re.findall(r'<table class="sortable" id="leaderboard-.*?</table>', html, re.S):
+        heads = table.count("<th ")
+        assert all(
+            row.count("<td") == heads for row in re.findall(r"<tr data-method.*?</tr>", table)
+        )
 
 
 # -- dollars of unpriced models -------------------------------------------------------------------
