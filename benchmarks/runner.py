@@ -943,7 +943,7 @@ def _evaluated_record(
         hyperparameters=tuner.hyperparameters(),
         variant=getattr(tuner, "variant", None),
         # A baseline that is one answer by design (majority) is not a collapsed method.
-        warnings=[] if getattr(tuner, "one_answer_by_design", False) else answer_warnings(rows),
+        warnings=[] if tuner.one_answer_by_design else answer_warnings(rows),
         wall_s=wall,
         task_hash=task.fingerprint(),
         provenance=provenance(),
