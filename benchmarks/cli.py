@@ -741,7 +741,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             except BenchError as exc:
                 print(f"{name:24} unavailable: {exc}")
                 continue
-            needs = ", ".join(sorted(r.replace("|", " or ") for r in cls.requires))
+            needs = ", ".join(sorted(r.replace("|", " or ") for r in cls.requires)) or "nothing"
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             print(f"{name:24} needs: {needs:40} {doc}")
     elif args.what == "tasks":

@@ -7,14 +7,26 @@ same tables (sortable by clicking a header), the plots, and for every cell a pag
 self-contained (nothing is fetched when it is viewed); and ``plots/*.png|svg``.
 
 Per task, one row per method, aggregated over seeds: the access it needs, accuracy mean ± std
-over seeds, gain over the task's ``zero-shot`` row with a 95% confidence interval, tuning
-tokens and dollars, inference tokens and dollars per 1,000 examples, and white-box compute
-seconds (GPU or CPU, labelled); "n/a (needs X)" for methods the backend could not serve.
-Cells stopped by a spending cap (``budget_exhausted``) or failed are never averaged in: a
-method with none finished shows "budget exhausted" or "failed", and one with some finished
-seeds says how many others stopped. Beside an accuracy, ⚠ marks cells with warnings and one
-sign per kind marks what cells disclosed (`DISCLOSURE_MARKS`; "no change" is also written
-out), each listed under the table with its cells and detail.
+over seeds ("± n/a" with one seed: one value has no spread), gain over the task's
+``zero-shot`` row with a 95% confidence interval, tuning tokens and dollars, inference tokens
+and dollars per 1,000 examples, white-box compute seconds (GPU or CPU, labelled), the share of
+stored test predictions with no parsed answer (``unparsed``) and the most common parsed
+answers with their shares (``top answers``), pooled over seeds; "n/a (needs X)" for methods
+the backend could not serve. Cells stopped by a spending cap (``budget_exhausted``) or failed
+are never averaged in: a method with none finished shows "budget exhausted" or "failed", and
+one with some finished seeds says how many others stopped. A second gain column is over the
+task's ``manual-best`` row (the best hand-written instruction on dev: what an instruction
+search must beat), with the same bootstrap; "n/a (reason)" where the task has no finished
+manual-best row.
+
+Flags: ⚠ beside an accuracy marks a row with a cell whose record carries a warning or whose
+stored predictions raise one now (`benchmarks.results.answer_warnings`: 95% or more of the
+test predictions unparseable, or one answer where the targets are not), listed under the
+table. A gain over a ``zero-shot`` row that is itself flagged is marked "⚠ over a flagged
+zero-shot": it measures the reference's failure, not a significant gain of the method.
+Disclosures: one sign per kind beside an accuracy marks what its cells disclosed
+(`DISCLOSURE_MARKS`; "no change" is also written out), listed under the table with the cells
+and the detail.
 
 Gain interval: a paired two-level percentile bootstrap. Each replicate draws the test
 examples with replacement (one draw, shared by the method and zero-shot, over the examples
@@ -23,23 +35,38 @@ separately for each side, its seeds with replacement; the gain of a replicate is
 difference of the two means. 2,000 replicates with a generator seeded by the task name, so
 the interval is reproducible. With one seed only the examples vary; with few examples the
 interval is rough. A cell without stored predictions has no interval (n/a, with the reason).
+The gain over manual-best is the same computation with manual-best in zero-shot's place (the
+same generator seed, so the same draws of examples).
 
-Overall, per method, over the tasks where it has finished cells (the ``tasks`` column says how
-many of the report's tasks that is, as a mean over fewer tasks is not comparable): accuracy
-and gain are means over tasks of the per-task values (± is the std over seeds of the per-seed
-mean over tasks, for the seeds every counted task has; the gain interval averages the tasks'
-bootstrap replicates); tuning tokens, dollars and compute seconds are summed over tasks (the
-cost of tuning for all of them); inference per 1,000 examples is averaged over tasks.
+Overall, the methods are ranked over one common set of tasks, as a mean over other or fewer
+tasks is not comparable (`common_tasks`). A method "covers" a task where it has a finished
+row. The candidate sets are the tasks ``zero-shot`` covers (all the report's tasks when it
+covers none, and then there are no gains), intersected with what each method covers, and the
+intersections of those sets; a set ranks the methods that cover all of it. The common set is
+the candidate that ranks the most method × task results (tasks × methods ranked); ties go to
+the set ranking more methods, then to the alphabetically first list of tasks. Every ranked
+method is thus over exactly the same tasks, ``zero-shot`` among them, and never over fewer
+than the others. Ranked rows, best accuracy first, count only the common tasks: accuracy, gain
+and unparsed share are means over them of the per-task values (± is the std over seeds of the
+per-seed mean over tasks, for the seeds every counted task has, n/a for one; the gain interval
+averages the tasks' bootstrap replicates; both gains alike, the manual-best one saying over
+how many tasks when manual-best finished fewer than the common ones); tuning tokens, dollars
+and compute seconds are summed over them (the cost of tuning for all of them); inference per
+1,000 examples is their mean. The other methods are listed apart, by name, each over the tasks
+it covers, with its coverage ("2 of 4 tasks: zoo-arith, zoo-hops").
 
 Cost ratios, in the form the BBox-Adapter paper uses: each method's tuning and inference cost
 divided by a reference method's on the same task (``--cost-reference``, default ``bbox``), in
-dollars when both are priced and in tokens otherwise; "n/a" with the reason when the
-reference has no finished cells there or spent nothing.
+dollars when both are priced and in tokens otherwise; "n/a" with the reason where the
+reference spent nothing. A table whose reference row is missing or not finished is replaced
+by one line saying why, and when the reference finished no cell in the report at all there
+are no cost-ratio tables.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import statistics
 import zlib
@@ -47,16 +74,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from benchmarks.metering import PHASES, PriceTable, total_tokens, total_usd
-from benchmarks.results import CellRecord, RunStore, write_atomic
+from benchmarks.results import CellRecord, RunStore, answer_warnings, write_atomic
 from methods.base import DISCLOSURE_KINDS
 from methods.registry import BenchError
 
 REFERENCE = "zero-shot"
+#: the second gain reference: the best hand-written instruction (methods/manual_best.py).
+MANUAL_BEST = "manual-best"
 DEFAULT_COST_REFERENCE = "bbox"
 
 #: the leaderboard prices a method from a cold start (cache hits counted), so a warm cache
@@ -72,11 +101,18 @@ NOTES = (
     "Tokens and dollars are a method's cost from a cold start (cache hits counted; billed "
     "totals of each run are in its cell records); dollars are n/a for unpriced models. "
     "Compute is white-box seconds (GPU seconds on GPU, CPU seconds otherwise).",
-    "Gain is over the `zero-shot` row of the same task; its 95% interval is a paired "
-    "percentile bootstrap over test examples and seeds (2,000 replicates).",
-    "Overall: accuracy and gain are means over the tasks a method finished (`tasks` says how "
-    "many); tuning tokens, dollars and compute are summed over those tasks; inference per "
-    "1,000 examples is their mean.",
+    "Gain is over the `zero-shot` row of the same task, and over its `manual-best` row (the best "
+    "hand-written instruction on dev); each 95% interval is a paired percentile bootstrap over "
+    "test examples and seeds (2,000 replicates).",
+    "Overall: methods are ranked by accuracy over one common set of tasks, which every "
+    "ranked method (`zero-shot` included) finished; each figure is over those tasks only: "
+    "accuracy, gain and unparsed are their means, tuning tokens, dollars and compute their "
+    "sums, inference per 1,000 examples their mean. Methods that did not finish all of them "
+    "are listed apart with their coverage. ± is n/a with one seed.",
+    "`unparsed` is the share of test predictions with no parsed answer; `top answers`, the "
+    "most common parsed answers with their shares. ⚠ marks a row with a cell that is "
+    "unparseable or one answer throughout (listed under the table), and a gain over a "
+    "`zero-shot` row so flagged.",
 )
 
 
@@ -115,6 +151,20 @@ class Disclosed:
 
 
 @dataclass
+class Gain:
+    """A row's gain over a reference row: the difference of mean accuracies, with its
+    bootstrap interval, or why there is none."""
+
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    replicates: np.ndarray | None = None
+    note: str = ""
+    """Why there is no gain (``value`` None) or no interval (``ci`` None)."""
+    tasks: str = ""
+    """Overall rows: ``k/n`` when the gain averages fewer tasks than the row counts."""
+
+
+@dataclass
 class Row:
     """One method on one task (or overall), aggregated over seeds."""
 
@@ -142,7 +192,19 @@ class Row:
     seed_accuracy: dict[int, float] = field(default_factory=dict)
     gain_replicates: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
-    """The cells' warnings (`CellRecord.warnings`), each with its seed: marked in the tables."""
+    """The cells' warnings (`CellRecord.warnings`, and `answer_warnings` of the stored
+    predictions), each with its seed: marked in the tables."""
+    covered: list[str] = field(default_factory=list)
+    """Overall rows: the tasks the row's figures are over."""
+    flagged_reference: list[str] = field(default_factory=list)
+    """The tasks (of those counted) where the ``zero-shot`` row the gain is over is flagged."""
+    unparsed: float | None = None
+    """Share of the stored test predictions with no parsed answer (overall: mean over tasks);
+    None without stored predictions."""
+    answers: list[tuple[str, float]] = field(default_factory=list)
+    """Each parsed answer with its share of the stored predictions, most common first."""
+    manual_gain: Gain = field(default_factory=Gain)
+    """The gain over the task's `MANUAL_BEST` row (overall: averaged like ``gain``)."""
     disclosures: list[Disclosed] = field(default_factory=list)
     """The finished cells' disclosures: a mark per kind beside the accuracy, listed under the
     table."""
@@ -180,6 +242,12 @@ class Section:
     rows: list[Row]
     ratios: list[CostRatio]
     plots: list[PlotRef] = field(default_factory=list)
+    apart: list[Row] = field(default_factory=list)
+    """Overall: the rows not ranked (partial coverage of `tasks`), with their coverage."""
+    tasks: list[str] = field(default_factory=list)
+    """Overall: the common tasks the ranked rows are over."""
+    ratios_note: str = ""
+    """Why a section has no cost ratios, when the reference finished cells elsewhere."""
 
     @property
     def overall(self) -> bool:
@@ -236,9 +304,10 @@ def compute_seconds(record: CellRecord) -> tuple[float, str]:
     return seconds, ("GPU" if device == "cuda" else "CPU")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     mean = statistics.fmean(values)
-    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+    # One value has no spread to measure: None (shown n/a), not 0.
+    return mean, statistics.stdev(values) if len(values) > 1 else None
 
 
 def _avg(values: Sequence[float | None]) -> float | None:
@@ -249,6 +318,40 @@ def _avg(values: Sequence[float | None]) -> float | None:
 
 def _as_cell(item: CellRecord | ReportCell) -> ReportCell:
     return item if isinstance(item, ReportCell) else ReportCell(item, item.cell_id)
+
+
+def cell_warnings(cell: ReportCell) -> list[str]:
+    """The record's warnings, and those its stored predictions raise now (`answer_warnings`:
+    records written before a check existed are flagged too; not for a method that is one
+    answer by design), each once."""
+    now = [] if _one_answer_by_design(cell.record.method) else answer_warnings(cell.predictions)
+    return list(dict.fromkeys([*cell.record.warnings, *now]))
+
+
+@functools.cache
+def _one_answer_by_design(method: str) -> bool:
+    from methods.base import get_method
+
+    try:
+        return get_method(method).one_answer_by_design
+    except BenchError:  # a plugin that is not installed where the report is built
+        return False
+
+
+def answer_shares(
+    predictions: Sequence[Mapping[str, Any]],
+) -> tuple[float | None, list[tuple[str, float]]]:
+    """The share of ``predictions`` with no parsed answer (``answer`` None), and each parsed
+    answer's share of them, most common first (ties by answer); None and [] for none."""
+    if not predictions:
+        return None, []
+    counts = Counter(p.get("answer") for p in predictions)
+    unparsed = counts.pop(None, 0) / len(predictions)
+    named: Counter[str] = Counter()
+    for answer, n in counts.items():
+        named[answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)] += n
+    ranked = sorted(named.items(), key=lambda item: (-item[1], item[0]))
+    return unparsed, [(answer, n / len(predictions)) for answer, n in ranked]
 
 
 def bootstrap_gain(
@@ -327,12 +430,14 @@ def leaderboard_rows(
     for task, by_method in sorted(by_task.items()):
         ref_cells = [c for c in by_method.get(REFERENCE, []) if _finished(c.record)]
         ref_mean = statistics.fmean(c.record.accuracy for c in ref_cells) if ref_cells else None  # type: ignore[misc]
+        manual_cells = [c for c in by_method.get(MANUAL_BEST, []) if _finished(c.record)]
         rows = []
         for method, group in sorted(by_method.items()):
             group.sort(key=lambda c: (c.record.seed, c.run_id))
             row = _task_row(method, group)
             if row.ok:
                 _add_gain(row, task, ref_cells, ref_mean)
+                row.manual_gain = _manual_gain(row, task, manual_cells)
             rows.append(row)
         out[task] = rows
     return out
@@ -352,7 +457,7 @@ def _task_row(method: str, group: list[ReportCell]) -> Row:
     }
     row = Row(
         method=method,
-        needs=", ".join(records[0].requires),
+        needs=", ".join(records[0].requires) or "nothing",  # majority makes no call
         status="ok",
         cells=list(group),
         seeds=len(ok),
@@ -368,8 +473,10 @@ def _task_row(method: str, group: list[ReportCell]) -> Row:
             )
         return row
     recs = [c.record for c in ok]
-    row.warnings = [f"seed {r.seed}: {w}" for r in recs for w in r.warnings]
+    row.warnings = [f"seed {c.record.seed}: {w}" for c in ok for w in cell_warnings(c)]
     row.disclosures = disclosed(ok)
+    if all(c.predictions for c in ok):  # pooled over seeds; a seed without them: n/a
+        row.unparsed, row.answers = answer_shares([p for c in ok for p in c.predictions])
     mean, std = _mean_std([r.accuracy for r in recs if r.accuracy is not None])
     n = len(recs)
     by_seed: dict[int, list[float]] = defaultdict(list)
@@ -395,6 +502,8 @@ def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float 
         row.ci_note = f"no finished {REFERENCE} row"
         return
     row.gain = row.accuracy - ref_mean
+    if row.method != REFERENCE and any(cell_warnings(c) for c in ref_cells):
+        row.flagged_reference = [task]  # the gain measures zero-shot's failure as much
     if row.method == REFERENCE:
         row.gain_ci = (0.0, 0.0)  # zero-shot against itself: no gain, by definition
         row.gain_replicates = np.zeros(REPLICATES)
@@ -412,56 +521,146 @@ def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float 
     row.gain_ci = interval(row.gain_replicates)
 
 
+def _manual_gain(row: Row, task: str, manual_cells: list[ReportCell]) -> Gain:
+    """``row``'s gain over the task's finished manual-best cells, bootstrapped as `_add_gain`
+    does over zero-shot (same seed: the same draws of examples)."""
+    if not manual_cells or row.accuracy is None:
+        return Gain(note=f"no finished {MANUAL_BEST} row")
+    value = row.accuracy - statistics.fmean(float(c.record.accuracy or 0.0) for c in manual_cells)
+    if row.method == MANUAL_BEST:
+        return Gain(0.0, (0.0, 0.0), np.zeros(REPLICATES))  # itself: no gain, by definition
+    mine = [c.scores() for c in row.cells if _finished(c.record)]
+    theirs = [c.scores() for c in manual_cells]
+    if not all(mine) or not all(theirs):
+        return Gain(value, note="no stored predictions")
+    try:
+        replicates = bootstrap_gain(mine, theirs, seed=_task_seed(task))
+    except ValueError as exc:
+        return Gain(value, note=str(exc))
+    return Gain(value, interval(replicates), replicates)
+
+
+def _overall_gain(per_task: Sequence[Gain], counted: int) -> Gain:
+    """The mean of the tasks' gains (those that have one) with their replicates averaged, as
+    the overall zero-shot gain is; ``counted`` is how many tasks the row counts."""
+    gained = [g for g in per_task if g.value is not None]
+    if not gained:
+        return Gain(note=next((g.note for g in per_task if g.note), "no task has a gain"))
+    value = statistics.fmean(g.value for g in gained if g.value is not None)
+    tasks = f"{len(gained)}/{counted}" if len(gained) < counted else ""
+    replicates = [g.replicates for g in gained if g.replicates is not None]
+    if len(replicates) < len(gained):
+        note = next(g.note for g in gained if g.replicates is None)
+        return Gain(value, note=note, tasks=tasks)
+    mean = np.mean(replicates, axis=0)
+    return Gain(value, interval(mean), mean, tasks=tasks)
+
+
 # -- overall ----------------------------------------------------------------------------------
 
 
-def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> list[Row]:
-    """Per method over tasks: accuracy and gain averaged over the tasks it finished, tuning
-    tokens, dollars and compute summed, inference per 1,000 examples averaged."""
+class OverallRows(NamedTuple):
+    """The overall table: its common tasks, the rows ranked over them, the rows apart."""
+
+    tasks: list[str]
+    ranked: list[Row]
+    """Finished on every common task, figures over those tasks only; by accuracy, best first."""
+    apart: list[Row]
+    """The others (by name), each over the tasks it finished, with its coverage."""
+
+
+def common_tasks(by_task: Mapping[str, Sequence[Row]]) -> list[str]:
+    """The tasks the overall ranking is over (sorted; the module docstring says how)."""
+    done: dict[str, frozenset[str]] = defaultdict(frozenset)
+    for task, rows in by_task.items():
+        for r in rows:
+            done[r.method] |= {task} if r.ok else set()
+    allowed = done.get(REFERENCE) or frozenset(by_task)  # gains need zero-shot on every task
+    # The best set is the intersection of some methods' tasks (growing a set to that
+    # intersection loses no method), so the closure of those sets under intersection holds it.
+    candidates: set[frozenset[str]] = {d & allowed for d in done.values() if d & allowed}
+    frontier = set(candidates)
+    while frontier:
+        frontier = {a & b for a in frontier for b in candidates if a & b} - candidates
+        candidates |= frontier
+
+    def key(tasks: frozenset[str]) -> tuple[int, int, tuple[str, ...]]:
+        ranked = sum(tasks <= d for d in done.values())
+        return -len(tasks) * ranked, -ranked, tuple(sorted(tasks))
+
+    if not candidates:
+        return []
+    best: frozenset[str] = min(candidates, key=key)
+    return sorted(best)
+
+
+def overall_rows(by_task: Mapping[str, Sequence[Row]]) -> OverallRows:
+    """Rank the methods that finished every common task (`common_tasks`) over those tasks;
+    list the others apart, each over the tasks it finished. Accuracy and gain are averaged
+    over tasks, tuning tokens, dollars and compute summed, inference per 1,000 examples
+    averaged."""
     n_tasks = len(by_task)
-    methods = sorted({r.method for rows in by_task.values() for r in rows})
-    out = []
-    for method in methods:
+    tasks = common_tasks(by_task)
+    ranked, apart = [], []
+    for method in sorted({r.method for rows in by_task.values() for r in rows}):
         mine = {t: r for t, rows in by_task.items() for r in rows if r.method == method}
-        ok = [r for r in mine.values() if r.ok]
-        first = next(iter(mine.values()))
-        row = Row(
-            method=method,
-            needs=first.needs,
-            status="ok",
-            cells=[c for r in mine.values() for c in r.cells],
-            seeds=min((r.seeds for r in ok), default=0),
-            tasks=f"{len(ok)}/{n_tasks}",
-        )
-        if not ok:
-            row.status = "; ".join(dict.fromkeys(r.status for r in mine.values()))
-            out.append(row)
-            continue
-        row.accuracy = statistics.fmean(r.accuracy for r in ok if r.accuracy is not None)
-        row.warnings = [f"{task}, {w}" for task, r in mine.items() if r.ok for w in r.warnings]
-        row.disclosures = [d for r in ok for d in r.disclosures]
-        common = set.intersection(*(set(r.seed_accuracy) for r in ok))
-        per_seed = [statistics.fmean(r.seed_accuracy[s] for r in ok) for s in sorted(common)]
-        row.std = statistics.stdev(per_seed) if len(per_seed) > 1 else (0.0 if per_seed else None)
-        gained = [r for r in ok if r.gain is not None]
-        if gained:
-            row.gain = statistics.fmean(r.gain for r in gained if r.gain is not None)
-            replicates = [r.gain_replicates for r in gained if r.gain_replicates is not None]
-            if len(replicates) == len(gained):
-                row.gain_replicates = np.mean(replicates, axis=0)
-                row.gain_ci = interval(row.gain_replicates)
-            else:
-                row.ci_note = next(r.ci_note for r in gained if r.gain_replicates is None)
+        done = sorted(t for t, r in mine.items() if r.ok)
+        if tasks and set(tasks) <= set(done):
+            row = _overall_row(method, {t: mine[t] for t in tasks})
+            row.tasks = f"{len(tasks)}/{n_tasks}"
+            ranked.append(row)
         else:
-            row.ci_note = f"no finished {REFERENCE} row"
-        row.tune_tokens = sum(r.tune_tokens or 0.0 for r in ok)
-        row.tune_usd = _sum_or_none([r.tune_usd for r in ok])
-        row.eval_tokens_per_1k = statistics.fmean(r.eval_tokens_per_1k or 0.0 for r in ok)
-        row.eval_usd_per_1k = _avg([r.eval_usd_per_1k for r in ok])
-        row.compute_s = sum(r.compute_s or 0.0 for r in ok)
-        row.compute_device = "+".join(sorted({r.compute_device for r in ok}))
-        out.append(row)
-    return out
+            row = _overall_row(method, mine)
+            row.tasks = f"{len(done)} of {n_tasks} tasks" + (f": {', '.join(done)}" if done else "")
+            apart.append(row)
+    ranked.sort(key=lambda r: (-(r.accuracy or 0.0), r.method))
+    return OverallRows(tasks, ranked, apart)
+
+
+def _overall_row(method: str, mine: Mapping[str, Row]) -> Row:
+    """``method``'s rows of the tasks in ``mine``, aggregated over them."""
+    ok = {t: r for t, r in mine.items() if r.ok}
+    first = next(iter(mine.values()))
+    row = Row(
+        method=method,
+        needs=first.needs,
+        status="ok",
+        cells=[c for r in mine.values() for c in r.cells],
+        seeds=min((r.seeds for r in ok.values()), default=0),
+        covered=sorted(ok),
+    )
+    if not ok:
+        row.status = "; ".join(dict.fromkeys(r.status for r in mine.values()))
+        return row
+    rows = list(ok.values())
+    row.accuracy = statistics.fmean(r.accuracy for r in rows if r.accuracy is not None)
+    row.warnings = [f"{task}, {w}" for task, r in ok.items() for w in r.warnings]
+    row.disclosures = [d for r in ok.values() for d in r.disclosures]
+    row.flagged_reference = [t for t, r in ok.items() if r.flagged_reference]
+    rates = [r.unparsed for r in rows]
+    row.unparsed = None if None in rates else statistics.fmean(r for r in rates if r is not None)
+    common = set.intersection(*(set(r.seed_accuracy) for r in rows))
+    per_seed = [statistics.fmean(r.seed_accuracy[s] for r in rows) for s in sorted(common)]
+    row.std = statistics.stdev(per_seed) if len(per_seed) > 1 else None  # one seed: n/a
+    gained = [r for r in rows if r.gain is not None]
+    if gained:
+        row.gain = statistics.fmean(r.gain for r in gained if r.gain is not None)
+        replicates = [r.gain_replicates for r in gained if r.gain_replicates is not None]
+        if len(replicates) == len(gained):
+            row.gain_replicates = np.mean(replicates, axis=0)
+            row.gain_ci = interval(row.gain_replicates)
+        else:
+            row.ci_note = next(r.ci_note for r in gained if r.gain_replicates is None)
+    else:
+        row.ci_note = f"no finished {REFERENCE} row"
+    row.manual_gain = _overall_gain([r.manual_gain for r in rows], len(rows))
+    row.tune_tokens = sum(r.tune_tokens or 0.0 for r in rows)
+    row.tune_usd = _sum_or_none([r.tune_usd for r in rows])
+    row.eval_tokens_per_1k = statistics.fmean(r.eval_tokens_per_1k or 0.0 for r in rows)
+    row.eval_usd_per_1k = _avg([r.eval_usd_per_1k for r in rows])
+    row.compute_s = sum(r.compute_s or 0.0 for r in rows)
+    row.compute_device = "+".join(sorted({r.compute_device for r in rows}))
+    return row
 
 
 def _sum_or_none(values: Sequence[float | None]) -> float | None:
@@ -524,12 +723,16 @@ WARNING_MARK = "⚠"
 
 
 def format_accuracy(row: Row) -> str:
-    """``mean ± std`` (std left out when unknown)."""
+    """``mean ± std``; ``± n/a`` with one seed (no spread to measure)."""
     if row.accuracy is None:
         return row.status
     mark = f" {WARNING_MARK}" if row.warnings else ""
-    text = f"{row.accuracy:.3f}" + ("" if row.std is None else f" ± {row.std:.3f}") + mark
-    return text + disclosure_marks(row)
+    spread = "n/a" if row.std is None else f"{row.std:.3f}"
+    return f"{row.accuracy:.3f} ± {spread}{mark}" + disclosure_marks(row)
+
+
+#: after a gain whose ``zero-shot`` reference is flagged (unparseable or one answer).
+FLAGGED_REFERENCE = f"{WARNING_MARK} over a flagged {REFERENCE}"
 
 
 #: the mark of each disclosure kind (`methods.base.DISCLOSURE_KINDS`) beside an accuracy; a
@@ -590,7 +793,7 @@ def disclosure_legend(section: Section) -> list[LegendLine]:
     """The section's disclosures, one entry per method, kind and detail (cells that said the
     same are grouped), in row order, marks in `DISCLOSURE_MARKS` order."""
     lines: list[LegendLine] = []
-    for row in section.rows:
+    for row in [*section.rows, *section.apart]:
         finished = sum(_finished(c.record) for c in row.cells)
         groups: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
         for d in row.disclosures:
@@ -644,13 +847,58 @@ def _markdown_legend(section: Section) -> list[str]:
 
 
 def format_gain(row: Row) -> str:
-    """``+0.050 [-0.010, +0.110]``; n/a, or the gain with why it has no interval."""
+    """``+0.050 [-0.010, +0.110]``; n/a, or the gain with why it has no interval; marked when
+    the reference it is over is flagged."""
     if row.gain is None:
         return "n/a"
     if row.gain_ci is None:
-        return f"{row.gain:+.3f} (no CI: {row.ci_note})"
-    low, high = row.gain_ci
-    return f"{row.gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+        text = f"{row.gain:+.3f} (no CI: {row.ci_note})"
+    else:
+        low, high = row.gain_ci
+        text = f"{row.gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+    if not row.flagged_reference:
+        return text
+    where = f" on {len(row.flagged_reference)} of {len(row.covered)} tasks" if row.covered else ""
+    return f"{text} {FLAGGED_REFERENCE}{where}"
+
+
+def format_unparsed(row: Row) -> str:
+    """The share of predictions with no parsed answer, ``74%``; n/a without predictions."""
+    return "n/a" if row.unparsed is None else f"{row.unparsed:.0%}"
+
+
+#: answers shown per row, and the characters shown of each.
+TOP_ANSWERS = 3
+ANSWER_CHARS = 16
+
+
+def format_answers(row: Row) -> str:
+    """The most common parsed answers with their shares, ``no 60%, yes 40%`` (``+N more``)."""
+    if row.unparsed is None:
+        return "n/a"
+    if not row.answers:
+        return "none parsed"
+    shown = []
+    for answer, share in row.answers[:TOP_ANSWERS]:
+        text = " ".join(answer.split()) or repr(answer)
+        if len(text) > ANSWER_CHARS:
+            text = text[: ANSWER_CHARS - 1] + "…"
+        shown.append(f"{text} {share:.0%}")
+    more = len(row.answers) - TOP_ANSWERS
+    return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+def format_manual_gain(row: Row) -> str:
+    """The gain over manual-best as `format_gain` writes it, "n/a (reason)" without one, and
+    overall "(over k/n tasks)" when it averages fewer tasks than the row counts."""
+    gain = row.manual_gain
+    if gain.value is None:
+        return f"n/a ({gain.note})" if gain.note else "n/a"
+    if gain.ci is None:
+        text = f"{gain.value:+.3f} (no CI: {gain.note})"
+    else:
+        text = f"{gain.value:+.3f} [{gain.ci[0]:+.3f}, {gain.ci[1]:+.3f}]"
+    return text + (f" (over {gain.tasks} tasks)" if gain.tasks else "")
 
 
 def format_compute(row: Row) -> str:
@@ -661,33 +909,41 @@ def format_seeds(row: Row) -> str:
     return f"{row.seeds}" + (f" (+{row.stopped})" if row.stopped else "")
 
 
-def _markdown_table(section: Section) -> list[str]:
+def _md(text: str) -> str:
+    """``text`` safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _markdown_table(section: Section, rows: Sequence[Row] | None = None) -> list[str]:
     if section.overall:
         head = (
             "| method | needs | tasks | accuracy (mean ± std) | gain vs zero-shot [95% CI] | "
-            "tune tokens (sum) | tune $ (sum) | eval tokens / 1k ex (mean) | "
-            "eval $ / 1k ex (mean) | compute s (sum) |"
+            "gain vs manual-best [95% CI] | tune tokens (sum) | tune $ (sum) | "
+            "eval tokens / 1k ex (mean) | eval $ / 1k ex (mean) | compute s (sum) | "
+            "unparsed (mean) |"
         )
     else:
         head = (
-            "| method | needs | accuracy (mean ± std) | gain vs zero-shot [95% CI] | seeds | "
-            "tune tokens | tune $ | eval tokens / 1k ex | eval $ / 1k ex | compute s |"
+            "| method | needs | accuracy (mean ± std) | gain vs zero-shot [95% CI] | "
+            "gain vs manual-best [95% CI] | seeds | "
+            "tune tokens | tune $ | eval tokens / 1k ex | eval $ / 1k ex | compute s | "
+            "unparsed | top answers |"
         )
-    lines = [head, "|---" * 10 + "|"]
-    for row in section.rows:
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
+    for row in section.rows if rows is None else rows:
         if not row.ok:
             lines.append(
                 f"| {row.method} | {row.needs} | "
                 + (f"{row.tasks} | " if section.overall else "")
                 + f"{row.status} |"
-                + " |" * (6 if section.overall else 7)
+                + " |" * (8 if section.overall else 10)
             )
             continue
         third = row.tasks if section.overall else None
         cells = [row.method, row.needs]
         if third is not None:
             cells.append(third)
-        cells += [format_accuracy(row), format_gain(row)]
+        cells += [format_accuracy(row), format_gain(row), format_manual_gain(row)]
         if third is None:
             cells.append(format_seeds(row))
         cells += [
@@ -696,9 +952,37 @@ def _markdown_table(section: Section) -> list[str]:
             f"{row.eval_tokens_per_1k or 0:,.0f}",
             _money(row.eval_usd_per_1k),
             format_compute(row),
+            format_unparsed(row),
         ]
+        if third is None:
+            cells.append(_md(format_answers(row)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+#: above the overall table's rows that are not ranked.
+APART_NOTE = (
+    "Not ranked (partial coverage): each row is over the tasks it finished, so it is not "
+    "comparable with the ranking above."
+)
+
+#: under a table where a gain is over a flagged reference.
+FLAGGED_REFERENCE_NOTE = (
+    f"`{FLAGGED_REFERENCE}`: that gain is over a `{REFERENCE}` row that is itself flagged "
+    "(unparseable or one answer throughout); it measures the reference's failure, not a "
+    "significant gain of the method."
+)
+
+
+def ranking_note(section: Section, n_tasks: int) -> str:
+    """What the overall ranking is over."""
+    if not section.tasks:
+        return "No task was finished by every ranked method alike: nothing is ranked."
+    return (
+        f"Ranked by accuracy over the {len(section.tasks)} of {n_tasks} tasks that every ranked "
+        f"method finished ({', '.join(section.tasks)}); each figure, gain included, is over "
+        "those tasks only."
+    )
 
 
 def render_markdown(report: Report) -> str:
@@ -706,22 +990,35 @@ def render_markdown(report: Report) -> str:
     plots."""
     lines = [f"# {report.title}", "", *(f"{note}\n" for note in NOTES)]
     ref = report.cost_reference
+    n_tasks = len(report.sections) - 1
     for section in report.sections:
         heading = "Overall" if section.overall else section.name
-        lines += ["", f"## {heading}", "", *_markdown_table(section)]
-        flagged = [(row.method, w) for row in section.rows for w in row.warnings]
-        if flagged:
+        lines += ["", f"## {heading}", ""]
+        if section.overall:
+            lines += [ranking_note(section, n_tasks), ""]
+        lines += _markdown_table(section)
+        if section.apart:
+            lines += ["", APART_NOTE, "", *_markdown_table(section, section.apart)]
+        rows = [*section.rows, *section.apart]
+        flagged = [(row.method, w) for row in rows for w in row.warnings]
+        if flagged or any(row.flagged_reference for row in rows):
             lines += ["", f"{WARNING_MARK} Warnings:", ""]
             lines += [f"- {WARNING_MARK} `{method}` {warning}" for method, warning in flagged]
+            if any(row.flagged_reference for row in rows):
+                lines.append(f"- {FLAGGED_REFERENCE_NOTE}")
         lines += _markdown_legend(section)
-        lines += [
-            "",
-            f"Cost relative to `{ref}` (method ÷ {ref}; dollars when priced, tokens otherwise):",
-            "",
-            f"| method | tuning cost ÷ {ref} | inference cost ÷ {ref} |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {c.method} | {c.tune_text} | {c.eval_text} |" for c in section.ratios]
+        if section.ratios:
+            lines += [
+                "",
+                f"Cost relative to `{ref}` (method ÷ {ref}; dollars when priced, tokens "
+                "otherwise):",
+                "",
+                f"| method | tuning cost ÷ {ref} | inference cost ÷ {ref} |",
+                "|---|---|---|",
+            ]
+            lines += [f"| {c.method} | {c.tune_text} | {c.eval_text} |" for c in section.ratios]
+        elif section.ratios_note:
+            lines += ["", section.ratios_note]
         if section.plots:
             lines.append("")
             lines += [f"![{p.title}]({p.stem}.svg)" for p in section.plots]
@@ -758,16 +1055,27 @@ def build_report(
 ) -> Report:
     """Tables for the cells (plots are added by `write_report`)."""
     by_task = leaderboard_rows(cells)
-    sections = [Section("overall", "overall", overall_rows(by_task), [])]
+    overall = overall_rows(by_task)
+    sections = [Section("overall", "overall", overall.ranked, [], [], overall.apart, overall.tasks)]
     sections += [Section(task, f"task-{slug(task)}", rows, []) for task, rows in by_task.items()]
-    for section in sections:
-        section.ratios = cost_ratios(section.rows, cost_reference)
+    # Ratios against a reference with no finished cell anywhere would all read n/a: left out.
+    ran = any(r.method == cost_reference and r.ok for rows in by_task.values() for r in rows)
+    for section in sections if ran else []:
+        ref = next((r for r in section.rows if r.method == cost_reference), None)
+        if ref is not None and ref.ok:
+            section.ratios = cost_ratios(section.rows, cost_reference)
+        elif ref is not None:
+            section.ratios_note = f"No cost ratios here: `{cost_reference}`: {_bare(ref.status)}."
+        elif section.overall:
+            section.ratios_note = f"No cost ratios here: `{cost_reference}` is not ranked."
+        else:
+            section.ratios_note = f"No cost ratios here: `{cost_reference}` did not run this task."
     return Report(title, cost_reference, sections, list(cells))
 
 
 def check_cost_reference(name: str, cells: Sequence[ReportCell]) -> None:
     """A typo in ``--cost-reference`` is an error; a real method absent from the runs is not
-    (its ratios read n/a)."""
+    (the cost-ratio tables are left out)."""
     if any(c.record.method == name for c in cells):
         return
     from methods.base import methods

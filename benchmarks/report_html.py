@@ -18,20 +18,29 @@ from typing import Any
 
 from benchmarks.metering import request_seconds, total_tokens
 from benchmarks.report import (
+    APART_NOTE,
     DISCLOSURE_MARKS,
+    FLAGGED_REFERENCE_NOTE,
     FLAVOUR,
     NOTES,
     OTHER_MARK,
+    WARNING_MARK,
     Report,
     ReportCell,
     Row,
     Section,
+    answer_shares,
+    cell_warnings,
     compute_seconds,
     disclosure_legend,
     format_accuracy,
+    format_answers,
     format_compute,
     format_gain,
+    format_manual_gain,
+    format_unparsed,
     legend_cells,
+    ranking_note,
     slug,
 )
 from methods.base import DISCLOSURE_KINDS
@@ -154,11 +163,17 @@ def _seed_links(row: Row) -> str:
     return " ".join(links)
 
 
-def _leaderboard(section: Section, report: Report) -> list[str]:
+def _leaderboard(
+    section: Section, report: Report, rows: Sequence[Row] | None = None, table_id: str = ""
+) -> list[str]:
     heads = [_th("method", "text"), _th("needs", "text")]
     if section.overall:
         heads.append(_th("tasks"))
-    heads += [_th("accuracy (mean ± std)"), _th("gain vs zero-shot [95% CI]")]
+    heads += [
+        _th("accuracy (mean ± std)"),
+        _th("gain vs zero-shot [95% CI]"),
+        _th("gain vs manual-best [95% CI]"),
+    ]
     if not section.overall:
         heads.append(_th("seeds"))
     sums = " (sum)" if section.overall else ""
@@ -168,29 +183,36 @@ def _leaderboard(section: Section, report: Report) -> list[str]:
         _th("eval tokens / 1k ex"),
         _th("eval $ / 1k ex"),
         _th("compute s" + sums),
+        _th("unparsed" + (" (mean)" if section.overall else "")),
     ]
+    if not section.overall:
+        heads.append(_th("top answers"))  # sorts by the top answer's share
     out = [
-        f'<table class="sortable" id="leaderboard-{escape(section.anchor)}">',
+        f'<table class="sortable" id="{escape(table_id or "leaderboard-" + section.anchor)}">',
         f"<thead><tr>{''.join(heads)}</tr></thead>",
         "<tbody>",
     ]
     anchors = {s.name: s.anchor for s in report.sections if not s.overall}
-    for row in section.rows:
+    for row in section.rows if rows is None else rows:
         cells = [_td(row.method), _td(row.needs)]
         if section.overall:
             tasks = sorted({c.record.task for c in row.cells})
             links = " ".join(f'<a href="#{escape(anchors[t])}">{escape(t)}</a>' for t in tasks)
-            done = int(row.tasks.split("/")[0]) if row.tasks else 0
-            cells.append(_td(f"{escape(row.tasks)} <small>{links}</small>", done, html=True))
+            count = row.tasks.partition(":")[0]  # the names are the links
+            cells.append(
+                _td(f"{escape(count)} <small>{links}</small>", len(row.covered), html=True)
+            )
         if not row.ok:
             cells.append(f'<td class="na" data-sort="">{escape(row.status)}</td>')
-            cells.append(_td("", ""))
+            cells += [_td("", "")] * 2  # the two gains
             if not section.overall:
                 cells.append(_td(_seed_links(row), "", html=True))
-            cells += [_td("", "")] * 5
+            cells += [_td("", "")] * (6 if section.overall else 7)
         else:
             cells.append(_td(format_accuracy(row), row.accuracy, num=True))
             cells.append(_td(format_gain(row), "" if row.gain is None else row.gain, num=True))
+            manual = row.manual_gain.value
+            cells.append(_td(format_manual_gain(row), "" if manual is None else manual, num=True))
             if not section.overall:
                 seeds = f"{row.seeds}" + (f" (+{row.stopped})" if row.stopped else "")
                 cells.append(_td(f"{escape(seeds)}: {_seed_links(row)}", row.seeds, html=True))
@@ -200,7 +222,11 @@ def _leaderboard(section: Section, report: Report) -> list[str]:
                 _num(row.eval_tokens_per_1k, ",.0f"),
                 _money(row.eval_usd_per_1k),
                 _td(format_compute(row), row.compute_s, num=True),
+                _td(format_unparsed(row), "" if row.unparsed is None else row.unparsed, num=True),
             ]
+            if not section.overall:
+                top = row.answers[0][1] if row.answers else (None if row.unparsed is None else 0)
+                cells.append(_td(format_answers(row), "" if top is None else top))
         out.append(f'<tr data-method="{escape(row.method)}">{"".join(cells)}</tr>')
     out += ["</tbody>", "</table>"]
     return out
@@ -235,6 +261,8 @@ def _disclosure_legend(section: Section) -> list[str]:
 
 
 def _ratios(section: Section, report: Report) -> list[str]:
+    if not section.ratios:
+        return [f"<p>{_code(escape(section.ratios_note))}</p>"] if section.ratios_note else []
     ref = escape(report.cost_reference)
     out = [
         f"<p>Cost relative to <code>{ref}</code> (method ÷ {ref}; dollars when both are "
@@ -288,12 +316,34 @@ def render_index(report: Report) -> str:
     for section in report.sections:
         heading = "Overall" if section.overall else section.name
         body += [f'<section id="{escape(section.anchor)}">', f"<h2>{escape(heading)}</h2>"]
+        if section.overall:
+            n_tasks = len(report.sections) - 1
+            body.append(f'<p class="note">{_code(escape(ranking_note(section, n_tasks)))}</p>')
         body += _leaderboard(section, report)
+        if section.apart:
+            body.append(f'<p class="note">{_code(escape(APART_NOTE))}</p>')
+            body += _leaderboard(section, report, section.apart, "apart-" + section.anchor)
+        body += _warnings(section)
         body += _disclosure_legend(section)
         body += _ratios(section, report)
         body += _plots(section, report)
         body.append("</section>")
     return _page(report.title, body)
+
+
+def _warnings(section: Section) -> list[str]:
+    """The warnings the table's marks stand for."""
+    rows = [*section.rows, *section.apart]
+    items = [
+        f"<li>{WARNING_MARK} <code>{escape(row.method)}</code> {escape(w)}</li>"
+        for row in rows
+        for w in row.warnings
+    ]
+    if any(row.flagged_reference for row in rows):
+        items.append(f"<li>{_code(escape(FLAGGED_REFERENCE_NOTE))}</li>")
+    if not items:
+        return []
+    return [f'<p class="note">{WARNING_MARK} Warnings:</p>', "<ul>", *items, "</ul>"]
 
 
 def _code(text: str) -> str:
@@ -323,6 +373,7 @@ def render_cell_page(cell: ReportCell, report: Report) -> str:
         ("reason", r.reason or ""),
         ("accuracy", "n/a" if r.accuracy is None else f"{r.accuracy:.4f}"),
         ("examples evaluated", str(r.n_eval)),
+        *_answer_facts(cell),
         ("variant", r.variant or ""),
         ("tuning tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'tune'):,}"),
         ("inference tokens (cold start)", f"{total_tokens(r.usage, FLAVOUR, 'eval'):,}"),
@@ -362,6 +413,19 @@ def _cell_disclosures(cell: ReportCell) -> list[str]:
             f'{escape(cell.key)}.trace.json">{escape(cell.key)}.trace.json</a></p>'
         )
     return out
+
+
+def _answer_facts(cell: ReportCell) -> list[tuple[str, str]]:
+    """The cell's parse failures, answer distribution and warnings."""
+    unparsed, answers = answer_shares(cell.predictions)
+    if unparsed is None:
+        return [("warnings", "; ".join(cell.record.warnings))]
+    row = Row(cell.record.method, "", "ok", unparsed=unparsed, answers=answers)
+    return [
+        ("unparsed answers", format_unparsed(row)),
+        ("top answers", format_answers(row)),
+        ("warnings", "; ".join(f"{WARNING_MARK} {w}" for w in cell_warnings(cell))),
+    ]
 
 
 def _request_facts(usage: dict[str, Any]) -> list[tuple[str, str]]:

@@ -121,23 +121,24 @@ class CellRecord(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
-#: predictions this concentrated on one answer (unparseable included) are flagged, unless the
-#: test split's own targets are as concentrated.
+#: predictions this concentrated on one answer are flagged, unless the test split's own targets
+#: are as concentrated; this share unparseable is flagged whatever the targets.
 ONE_ANSWER_SHARE = 0.95
 #: fewer evaluated examples than this are too few to call a cell constant.
 ONE_ANSWER_MIN_EXAMPLES = 20
 
 
 def answer_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Warnings about a cell's prediction rows (``answer`` and ``target`` per example): one
-    answer, or no parseable answer, for 95% or more of a test split that is not so uniform."""
+    """Warnings about a cell's prediction rows (``answer`` and ``target`` per example): no
+    parseable answer for 95% or more of them, or one answer for 95% or more of a test split
+    that is not so uniform."""
     if len(rows) < ONE_ANSWER_MIN_EXAMPLES:
         return []
     answer, count = Counter(r.get("answer") for r in rows).most_common(1)[0]
     share = count / len(rows)
     target_share = Counter(r.get("target") for r in rows).most_common(1)[0][1] / len(rows)
-    if share < ONE_ANSWER_SHARE or target_share >= ONE_ANSWER_SHARE:
-        return []
+    if share < ONE_ANSWER_SHARE or (answer is not None and target_share >= ONE_ANSWER_SHARE):
+        return []  # (an unparseable cell is broken even on a split of one target)
     what = "no parseable answer" if answer is None else f"the answer {answer!r}"
     return [
         f"one answer throughout: {what} for {count} of {len(rows)} test examples "

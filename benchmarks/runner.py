@@ -984,7 +984,8 @@ def _evaluated_record(
         usage=meter.summary(),
         hyperparameters=tuner.hyperparameters(),
         variant=getattr(tuner, "variant", None),
-        warnings=answer_warnings(rows),
+        # A baseline that is one answer by design (majority) is not a collapsed method.
+        warnings=[] if tuner.one_answer_by_design else answer_warnings(rows),
         wall_s=wall,
         task_hash=task.fingerprint(),
         provenance=provenance(),

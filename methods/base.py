@@ -574,13 +574,16 @@ class BlackBoxTuner(ABC):
     #: one (``--set method.field=MODEL``), the harness fills it with the model that fits the
     #: black box, and refuses while planning a model that cannot serve it.
     companions: ClassVar[Mapping[str, CompanionRole]] = {}
+    #: One answer for every example by design (a constant baseline): the harness's "one answer
+    #: throughout" warning, meant for methods whose outputs collapsed, is not raised for it.
+    one_answer_by_design: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any):
         base = config if config is not None else self.Config()
         try:
             self.config = dataclasses.replace(base, **overrides)
         except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(self.Config))
+            valid = ", ".join(f.name for f in dataclasses.fields(self.Config)) or "none"
             raise BenchError(f"{self.name}: bad hyperparameter ({exc}); valid: {valid}") from exc
         #: the Config fields set by the caller, which scale-dependent defaults (a method's
         #: ``pretrained_presets``) leave alone; a whole ``config`` counts as set throughout.

@@ -888,13 +888,13 @@ class OpenAIBackend(Backend):
         samples as separate requests (`ignores_n`), each billed."""
         r = rs[0]
         if r.n > 1 and self.ignores_n:
-            return await self._generate_apart(rs, r.n, 0)
+            return await self._generate_apart(rs, r.n, 0, admitted=1)
         try:
             return await self._generate_one_request(rs)
         except FewerChoices as short:
             self.ignores_n = True
             got = len(short.samples[0])
-            rest = await self._generate_apart(rs, r.n - got, got)
+            rest = await self._generate_apart(rs, r.n - got, got, admitted=0)
             return [
                 CallResult(
                     [*first, *more.value],
@@ -907,10 +907,15 @@ class OpenAIBackend(Backend):
             ]
 
     async def _generate_apart(
-        self, rs: list[GenerateRequest], count: int, offset: int
+        self, rs: list[GenerateRequest], count: int, offset: int, *, admitted: int
     ) -> list[CallResult[list[Completion]]]:
         """``count`` samples of each of ``rs`` as ``count`` requests of one sample each (seeds
-        ``seed + offset + j``, so seeded samples differ), merged per prompt."""
+        ``seed + offset + j``, so seeded samples differ), merged per prompt. The call was
+        admitted for ``admitted`` of these requests; each other one passes `retry_gate` first
+        (a cap on calls caps the requests sent)."""
+        if self.retry_gate is not None:
+            for _ in range(count - admitted):
+                self.retry_gate(self.model, len(rs))  # BudgetExhausted: none of them is sent
         waves = await asyncio.gather(
             *(
                 self._generate_one_request(

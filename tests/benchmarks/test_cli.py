@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ def test_ls(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ls", "methods"]) == 0
     out = capsys.readouterr().out
     assert "zero-shot" in out and "few-shot" in out and "needs: generate" in out
+    assert re.search(r"^majority +needs: nothing ", out, re.M)  # no black-box call
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out
     for task in ("gsm8k", "strategyqa", "truthfulqa", "sst2", "agnews", "scienceqa", "zoo-arith"):

@@ -18,6 +18,7 @@ from benchmarks.cli import main
 from benchmarks.plots import Point, pareto_front
 from benchmarks.report import (
     ReportCell,
+    _task_seed,
     bootstrap_gain,
     build_report,
     collect_cells,
@@ -215,7 +216,12 @@ def test_records_without_predictions_have_no_interval(tmp_path: Path) -> None:
 
 def test_overall_arithmetic(tmp_path: Path) -> None:
     by_task = leaderboard_rows(_cells(tmp_path))
-    rows = {r.method: r for r in overall_rows(by_task)}
+    two = {
+        t: [r for r in rows if r.method in ("zero-shot", "few-shot")] for t, rows in by_task.items()
+    }
+    overall = overall_rows(two)
+    assert overall.tasks == ["t1", "t2"] and overall.apart == []
+    rows = {r.method: r for r in overall.ranked}
     few = rows["few-shot"]
     assert few.tasks == "2/2"
     assert few.accuracy == pytest.approx((0.75 + 0.2) / 2)  # mean over tasks
@@ -224,10 +230,16 @@ def test_overall_arithmetic(tmp_path: Path) -> None:
     assert few.std == pytest.approx(statistics.stdev([0.5, 0.45]))
     assert few.eval_tokens_per_1k == pytest.approx((400_000 + 300_000) / 2)  # mean
     assert few.gain_ci is not None and few.gain_ci[0] <= few.gain <= few.gain_ci[1]
+    # With bbox and aligner, which finished t1 only: t1 ranks four methods, t1 and t2 two
+    # (four results each); the tie goes to more methods, so all four are ranked on t1 alone.
+    overall = overall_rows(by_task)
+    assert overall.tasks == ["t1"] and overall.apart == []
+    rows = {r.method: r for r in overall.ranked}
     bbox = rows["bbox"]
     assert bbox.tasks == "1/2" and bbox.accuracy == pytest.approx(0.8)
-    assert bbox.tune_tokens == 1000 and bbox.compute_s == 2.0  # summed over finished tasks
-    assert rows["aligner"].tasks == "1/2"
+    assert bbox.tune_tokens == 1000 and bbox.compute_s == 2.0  # summed over counted tasks
+    assert rows["few-shot"].accuracy == pytest.approx(0.75)  # t2 is not counted
+    assert [r.method for r in overall.ranked] == ["bbox", "few-shot", "aligner", "zero-shot"]
 
 
 def test_cost_ratios_in_the_bbox_paper_form(tmp_path: Path) -> None:
@@ -395,7 +407,11 @@ def test_cli_report_prints_what_it_wrote(
     assert err.count("\n") == 1 and "unknown method 'bboxx'" in err and "did you mean" in err
     assert main(["report", str(tmp_path / "results" / "r1"), "--out", str(out),
                  "--cost-reference", "few-shot"]) == 0  # fmt: skip
-    assert "Cost relative to `few-shot`" in (out / "leaderboard.md").read_text()
+    # A real method that did not run: no table of n/a ratios against it.
+    assert "Cost relative to" not in (out / "leaderboard.md").read_text()
+    assert main(["report", str(tmp_path / "results" / "r1"), "--out", str(out),
+                 "--cost-reference", "bbox"]) == 0  # fmt: skip
+    assert "Cost relative to `bbox`" in (out / "leaderboard.md").read_text()
 
 
 def test_report_of_a_real_run(
@@ -451,6 +467,123 @@ def test_a_constant_cell_is_flagged_in_the_tables_and_listed(tmp_path: Path) -> 
     assert "⚠" in (out / "index.html").read_text(encoding="utf-8")
 
 
+# -- the gain over manual-best -------------------------------------------------------------------
+
+
+def _manual_grid() -> list[tuple[CellRecord, list[dict[str, Any]]]]:
+    """t1 has manual-best (two seeds), t2 has none."""
+    cells = _grid()
+    for seed in (0, 1):
+        cells.append(_cell("manual-best", "t1", seed, [1.0] * 7 + [0.0] * 3, tune=600, eval_=1200))
+    return cells
+
+
+def _on_both_tasks() -> list[tuple[CellRecord, list[dict[str, Any]]]]:
+    """Two more methods on t1 and t2, so that the overall ranking is over both tasks."""
+    return [
+        _cell(method, task, s, [1.0] * 5 + [0.0] * 5)
+        for method in ("opro", "grips")
+        for task in ("t1", "t2")
+        for s in (0, 1)
+    ]
+
+
+def test_gain_over_manual_best_per_task(tmp_path: Path) -> None:
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "run", _manual_grid())]))
+    t1 = {r.method: r for r in by_task["t1"]}
+    few = t1["few-shot"].manual_gain
+    assert few.value == pytest.approx(0.75 - 0.7)
+    assert few.ci is not None and few.ci[0] < few.value < few.ci[1]
+    zero = t1["zero-shot"].manual_gain
+    assert zero.value == pytest.approx(-0.2) and zero.ci is not None
+    assert zero.ci[0] < zero.value and zero.ci[1] <= 0  # paired: the two differ on e5, e6 only
+    assert t1["manual-best"].manual_gain.ci == (0.0, 0.0)
+    assert t1["manual-best"].gain == pytest.approx(0.2)  # and over zero-shot, as any row
+    # No manual-best on t2: no gain, and why.
+    t2 = {r.method: r for r in by_task["t2"]}
+    assert t2["few-shot"].manual_gain.value is None
+    assert t2["few-shot"].manual_gain.note == "no finished manual-best row"
+    assert t2["few-shot"].gain == pytest.approx(0.2)  # the zero-shot gain is unaffected
+
+
+def test_gain_over_manual_best_is_the_zero_shot_bootstrap_with_manual_best_as_reference(
+    tmp_path: Path,
+) -> None:
+    """Same draws, same pairing: with manual-best scoring what zero-shot scores, the two
+    gains' replicates are identical; and they are `bootstrap_gain` with the task's seed."""
+    cells = [
+        _cell("zero-shot", "t", 0, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        _cell("manual-best", "t", 0, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        _cell("opro", "t", 0, [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
+    ]
+    rows = {
+        r.method: r for r in leaderboard_rows(collect_cells([_store(tmp_path / "r", cells)]))["t"]
+    }
+    opro = rows["opro"]
+    assert opro.gain_replicates is not None and opro.manual_gain.replicates is not None
+    assert np.array_equal(opro.manual_gain.replicates, opro.gain_replicates)
+    expected = bootstrap_gain(
+        [opro.cells[0].scores()], [rows["manual-best"].cells[0].scores()], seed=_task_seed("t")
+    )
+    assert np.array_equal(opro.manual_gain.replicates, expected)
+    assert opro.manual_gain.ci == opro.gain_ci
+
+
+def test_overall_gain_over_manual_best_says_when_it_covers_fewer_tasks(tmp_path: Path) -> None:
+    cells = _manual_grid()
+    cells += [_cell("manual-best", "t2", s, [1.0] * 4 + [0.0] * 6, eval_=500) for s in (0, 1)]
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "run", cells)]))
+    overall = overall_rows(by_task)
+    rows = {r.method: r for r in [*overall.ranked, *overall.apart]}
+    few = rows["few-shot"].manual_gain
+    assert few.value == pytest.approx(((0.75 - 0.7) + (0.2 - 0.4)) / 2)  # mean over tasks
+    per_task = [r.manual_gain.replicates for t in by_task.values() for r in t]
+    assert few.ci is not None and few.tasks == "" and per_task
+    assert "bbox" in {r.method for r in overall.apart}
+    bbox = rows["bbox"].manual_gain  # finished t1 only, like its accuracy (listed apart)
+    assert bbox.value == pytest.approx(0.8 - 0.7) and bbox.tasks == ""
+    # Without manual-best on t2, the mean covers t1 alone and says so.
+    by_task = leaderboard_rows(
+        collect_cells([_store(tmp_path / "r2", _manual_grid() + _on_both_tasks())])
+    )
+    overall = overall_rows(by_task)
+    few_partial = next(
+        r for r in [*overall.ranked, *overall.apart] if r.method == "few-shot"
+    ).manual_gain
+    assert few_partial.value == pytest.approx(0.75 - 0.7) and few_partial.tasks == "1/2"
+
+
+def test_markdown_and_html_show_the_manual_best_gain_alike(tmp_path: Path) -> None:
+    cells = _manual_grid() + _on_both_tasks()
+    files = write_report([_store(tmp_path / "run", cells)], tmp_path / "reports")
+    md = files.markdown.read_text(encoding="utf-8")
+    html = files.html.read_text(encoding="utf-8")
+    by_task = leaderboard_rows(collect_cells([RunStore(tmp_path / "run")]))
+    few = next(r for r in by_task["t1"] if r.method == "few-shot").manual_gain
+    assert few.ci is not None
+    shown = f"{few.value:+.3f} [{few.ci[0]:+.3f}, {few.ci[1]:+.3f}]"
+    row = r"\| few-shot \| generate \| {accuracy} ± [0-9.]+ \| \+[0-9.]+ \[.*?\] \| {gain} \| 2 \|"
+    assert re.search(row.format(accuracy=r"0\.750", gain=re.escape(shown)), md)
+    assert re.search(
+        row.format(accuracy=r"0\.200", gain=r"n/a \(no finished manual-best row\)"), md
+    )
+    assert "(over 1/2 tasks)" in md  # few-shot overall: manual-best ran on t1 only
+    # overall (ranked, and apart), t1, t2
+    assert md.count("gain vs manual-best [95% CI]") == 4
+    # Every leaderboard row has as many cells as its header, refused and failed rows included.
+    for table in re.findall(r"^\| method \| needs \|.*?(?=\n\n)", md, re.S | re.M):
+        head, *rows = table.splitlines()
+        assert len(rows) >= 3 and all(row.count("|") == head.count("|") for row in rows), table
+    assert html.count(">gain vs manual-best [95% CI]</th>") == 4
+    assert f">{shown}</td>" in html
+    assert ">n/a (no finished manual-best row)</td>" in html
+    for table in re.findall(r'<table class="sortable" id="leaderboard-.*?</table>', html, re.S):
+        heads = table.count("<th ")
+        assert all(
+            row.count("<td") == heads for row in re.findall(r"<tr data-method.*?</tr>", table)
+        )
+
+
 # -- dollars of unpriced models -------------------------------------------------------------------
 
 
@@ -479,6 +612,233 @@ def test_unpriced_model_is_na_in_an_old_record_without_its_model_list() -> None:
     priced.model = "gpt-4o-mini"
     (row,) = leaderboard_rows([priced])["t1"]
     assert row.tune_usd == 0.0 and row.eval_usd_per_1k == 250.0
+
+
+# -- fair aggregation -----------------------------------------------------------------------------
+
+
+def _answered(
+    method: str, task: str, seed: int, answers: list[str | None], targets: list[str]
+) -> tuple[CellRecord, list[dict[str, Any]]]:
+    """A cell whose predictions have these answers (None: unparsed), scored against targets."""
+    scores = [float(a == t) for a, t in zip(answers, targets, strict=True)]
+    record, preds = _cell(method, task, seed, scores, eval_=100)
+    for pred, answer, target in zip(preds, answers, targets, strict=True):
+        pred["answer"], pred["target"] = answer, target
+    return record, preds
+
+
+def _section_lines(text: str, heading: str) -> list[str]:
+    """The lines of one ``## heading`` section of a Markdown leaderboard."""
+    part = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in part.splitlines() if line]
+
+
+def test_overall_ranks_over_the_common_tasks_and_lists_partial_rows_apart(tmp_path: Path) -> None:
+    """A method that finished one task of three (bbt, perfect there) is not ranked among the
+    three-task rows but listed apart with its coverage; a method that also finished a task
+    zero-shot did not is ranked over the common tasks only."""
+    good, half, poor = [1.0] * 4, [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]
+    cells = []
+    for task in ("t1", "t2", "t3"):
+        cells += [
+            _cell("zero-shot", task, 0, poor, eval_=40),
+            _cell("opro", task, 0, half, tune=100, eval_=40),
+            _cell("grips", task, 0, good if task != "t3" else poor, tune=10, eval_=40),
+            _cell("bbt", task, 0, good if task == "t2" else None, tune=50, eval_=40,
+                  **({} if task == "t2" else {"status": "refused", "reason": "needs labels"})),
+            _cell("aligner", task, 0, None, status="failed", reason="boom"),
+        ]  # fmt: skip
+    cells.append(_cell("opro", "t4", 0, good, tune=1000, eval_=40))  # zero-shot has no t4
+    cells.append(_cell("bbox", "t4", 0, good, tune=1000, eval_=40))
+    by_task = leaderboard_rows(collect_cells([_store(tmp_path / "run", cells)]))
+    overall = overall_rows(by_task)
+    assert overall.tasks == ["t1", "t2", "t3"]
+    # Ranked by accuracy, each over t1-t3 only: opro's perfect t4 is not averaged in.
+    assert [r.method for r in overall.ranked] == ["grips", "opro", "zero-shot"]
+    ranked = {r.method: r for r in overall.ranked}
+    assert ranked["opro"].accuracy == pytest.approx(0.5) and ranked["opro"].tasks == "3/4"
+    assert ranked["opro"].gain == pytest.approx(0.25) and ranked["opro"].tune_tokens == 300
+    assert ranked["grips"].accuracy == pytest.approx(0.75)
+    assert all(r.covered == ["t1", "t2", "t3"] for r in overall.ranked)
+    apart = {r.method: r for r in overall.apart}
+    assert list(apart) == ["aligner", "bbox", "bbt"]
+    assert apart["bbt"].tasks == "1 of 4 tasks: t2" and apart["bbt"].accuracy == 1.0
+    assert apart["bbox"].tasks == "1 of 4 tasks: t4"
+    assert apart["aligner"].tasks == "0 of 4 tasks" and apart["aligner"].status.startswith("failed")
+
+    out = tmp_path / "reports"
+    write_report([RunStore(tmp_path / "run")], out)
+    lines = _section_lines((out / "leaderboard.md").read_text(encoding="utf-8"), "Overall")
+    split = next(i for i, line in enumerate(lines) if line.startswith("Not ranked"))
+    ranked_lines = [line for line in lines[:split] if line.startswith("| ") and "---" not in line]
+    assert [line.split(" | ")[0][2:] for line in ranked_lines[1:]] == ["grips", "opro", "zero-shot"]
+    assert "over the 3 of 4 tasks that every ranked method finished (t1, t2, t3)" in lines[0]
+    assert any(line.startswith("| bbt | ") and "| 1 of 4 tasks: t2 |" in line for line in lines)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert (
+        'id="apart-overall"' in html and 'data-method="bbt"' in html.split('id="apart-overall"')[1]
+    )
+
+
+def test_common_tasks_need_zero_shot_and_prefer_the_most_results() -> None:
+    """zero-shot bounds the set (gains are over it); among the sets it allows, the one that
+    ranks the most method x task results wins, then the one ranking more methods."""
+    from benchmarks.report import Row, common_tasks
+
+    def board(done: dict[str, set[str]]) -> dict[str, list[Row]]:
+        tasks = sorted(set().union(*done.values()))
+        return {
+            t: [Row(m, "", "ok" if t in d else "failed") for m, d in sorted(done.items())]
+            for t in tasks
+        }
+
+    abc = {"a", "b", "c"}
+    # Everyone did a, b, c and d, except zero-shot, which skipped d: d is out.
+    assert common_tasks(board({"zero-shot": abc, "m1": abc | {"d"}, "m2": abc | {"d"}})) == [
+        "a",
+        "b",
+        "c",
+    ]
+    # Three methods over three tasks (9) beat four over one (4).
+    done = {"zero-shot": abc, "m1": abc, "m2": abc, "m3": {"b"}}
+    assert common_tasks(board(done)) == ["a", "b", "c"]
+    # Two methods over two tasks (4) tie four over one (4): more methods win.
+    done = {"zero-shot": {"a", "b"}, "m1": {"a", "b"}, "m2": {"a"}, "m3": {"a"}}
+    assert common_tasks(board(done)) == ["a"]
+    # No zero-shot: any task (no gains then), by the same rule.
+    assert common_tasks(board({"m1": {"a", "b"}, "m2": {"a", "b"}, "m3": {"b"}})) == ["a", "b"]
+    assert common_tasks(board({"m1": set(), "zero-shot": set()})) == []
+
+
+def test_parse_failure_rate_and_answer_distribution_in_the_tables(tmp_path: Path) -> None:
+    targets = ["pos", "neg"] * 4
+    cells = [
+        _answered("zero-shot", "t", 0, ["pos"] * 4 + ["neg"] * 2 + [None] * 2, targets),
+        _answered("zero-shot", "t", 1, ["pos"] * 4 + ["neg"] * 4, targets),
+        _answered("opro", "t", 0, targets, targets),
+        _answered("opro", "t", 1, targets, targets),
+    ]
+    cells += [_answered(m, "u", s, targets, targets) for m in ("zero-shot", "opro") for s in (0, 1)]
+    store = _store(tmp_path / "run", cells)
+    rows = {r.method: r for r in leaderboard_rows(collect_cells([store]))["t"]}
+    zero = rows["zero-shot"]
+    # Pooled over both seeds: 2 of 16 unparsed, "pos" 8 of 16, "neg" 6 of 16.
+    assert zero.unparsed == pytest.approx(2 / 16)
+    assert zero.answers == [("pos", 0.5), ("neg", pytest.approx(6 / 16))]
+    assert rows["opro"].unparsed == 0.0 and rows["opro"].answers == [("neg", 0.5), ("pos", 0.5)]
+    out = tmp_path / "reports"
+    write_report([store], out)
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    task = _section_lines(md, "t")
+    assert task[0].endswith("| compute s | unparsed | top answers |")
+    assert any(
+        line.startswith("| zero-shot |") and line.endswith("| 12% | pos 50%, neg 38% |")
+        for line in task
+    )
+    overall = _section_lines(md, "Overall")
+    # Overall: the mean over tasks, (12.5% + 0%) / 2.
+    assert any(line.startswith("| zero-shot |") and line.endswith("| 6% |") for line in overall)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert '<td class="num" data-sort="0.125">12%</td>' in html
+    assert '<td data-sort="0.5">pos 50%, neg 38%</td>' in html
+    page = (out / "cells" / f"{cell_id('zero-shot', 't', 'b', 'm', 0)}.html").read_text()
+    assert '<th scope="row">unparsed answers</th><td>25%</td>' in page
+    # Many answers: the top three, and how many more.
+    from benchmarks.report import Row, format_answers
+
+    many = Row("m", "", "ok", unparsed=0.0, answers=[(str(i), 0.2) for i in range(5)])
+    assert format_answers(many) == "0 20%, 1 20%, 2 20% (+2 more)"
+    assert format_answers(Row("m", "", "ok", unparsed=1.0)) == "none parsed"
+    assert format_answers(Row("m", "", "ok")) == "n/a"  # no stored predictions
+
+
+def test_unparseable_and_constant_cells_are_flagged_and_gains_over_them_marked(
+    tmp_path: Path,
+) -> None:
+    """The new user's report: zero-shot answers nothing parseable (30 of 30), two constant
+    predictors gain +0.5 over it. Their records carry no warning (written before the check):
+    the predictions alone flag all three, and the gains say they are over a flagged zero-shot."""
+    targets = ["pos", "neg"] * 15
+    cells = [
+        _answered("zero-shot", "t", 0, [None] * 30, targets),
+        _answered("bbt", "t", 0, ["pos"] * 30, targets),
+        _answered("zero-shot-likelihood", "t", 0, ["neg"] * 30, targets),
+        _answered("opro", "t", 0, targets, targets),
+    ]
+    assert all(record.warnings == [] for record, _ in cells)
+    out = tmp_path / "reports"
+    write_report([_store(tmp_path / "run", cells)], out)
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    for heading in ("t", "Overall"):
+        lines = _section_lines(md, heading)
+        row = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+        assert "0.000 ± n/a ⚠" in row["zero-shot"]
+        assert "0.500 ± n/a ⚠" in row["bbt"] and "0.500 ± n/a ⚠" in row["zero-shot-likelihood"]
+        assert "1.000 ± n/a |" in row["opro"]  # not flagged itself...
+        # ...but every gain over the broken zero-shot says so.
+        for method in ("bbt", "zero-shot-likelihood", "opro"):
+            assert "⚠ over a flagged zero-shot" in row[method], (heading, method)
+        assert "over a flagged" not in row["zero-shot"]
+        assert "- ⚠ `zero-shot` " + ("" if heading == "t" else "t, ") + (
+            "seed 0: one answer throughout: no parseable answer for 30 of 30"
+        ) in "\n".join(lines)
+        assert any("not a significant gain of the method" in line for line in lines)
+    assert "on 1 of 1 tasks" in "\n".join(_section_lines(md, "Overall"))
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert html.count("⚠ over a flagged zero-shot") >= 6
+    page = (out / "cells" / f"{cell_id('bbt', 't', 'b', 'm', 0)}.html").read_text()
+    assert "one answer throughout: the answer &#x27;pos&#x27; for 30 of 30" in page
+
+
+def test_one_seed_has_no_spread(tmp_path: Path) -> None:
+    """One seed: ± n/a, never ± 0.000 (which would claim seeds agreed)."""
+    cells = [
+        _cell("zero-shot", "t1", 0, [1.0, 0.0], eval_=10),
+        _cell("opro", "t1", 0, [1.0, 1.0], tune=5, eval_=10),
+        _cell("zero-shot", "t2", 0, [0.0, 0.0], eval_=10),
+        _cell("opro", "t2", 0, [1.0, 0.0], tune=5, eval_=10),
+    ]
+    store = _store(tmp_path / "run", cells)
+    by_task = leaderboard_rows(collect_cells([store]))
+    assert all(r.std is None for rows in by_task.values() for r in rows)
+    assert all(r.std is None for r in overall_rows(by_task).ranked)
+    out = tmp_path / "reports"
+    write_report([store], out)
+    for name in ("leaderboard.md", "index.html"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert "± 0.000" not in text and "0.500 ± n/a" in text and "1.000 ± n/a" in text
+
+
+def test_no_cost_ratio_table_against_a_method_that_did_not_finish(tmp_path: Path) -> None:
+    """bbox is the default reference: absent from the runs, no ratio table at all; refused
+    on one task, that task says why in one line instead of a table of n/a."""
+    cells = [
+        _cell("zero-shot", "t1", 0, [1.0, 0.0], eval_=10),
+        _cell("opro", "t1", 0, [1.0, 1.0], tune=5, eval_=10),
+    ]
+    out = tmp_path / "reports"
+    write_report([_store(tmp_path / "a", cells)], out)
+    for name in ("leaderboard.md", "index.html"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert (
+            "Cost relative to" not in text and "cost ÷" not in text and "No cost ratios" not in text
+        )
+    cells += [
+        _cell("bbox", "t1", 0, None, status="refused", reason="needs generate_n"),
+        _cell("zero-shot", "t2", 0, [1.0, 0.0], eval_=10),
+        _cell("bbox", "t2", 0, [1.0, 1.0], tune=20, eval_=10),
+    ]
+    write_report([_store(tmp_path / "b", cells)], out)
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    t1, t2 = _section_lines(md, "t1"), _section_lines(md, "t2")
+    assert "No cost ratios here: `bbox`: needs generate_n." in t1
+    assert not any("n/a (bbox" in line for line in md.splitlines())
+    assert any(line.startswith("Cost relative to `bbox`") for line in t2)
+    assert "| zero-shot | 0.00x (tokens) | 1.00x (tokens) |" in t2
+    # Overall: bbox finished t2 only, so it is listed apart and the overall has no ratios.
+    overall = _section_lines(md, "Overall")
+    assert "No cost ratios here: `bbox` is not ranked." in overall
 
 
 # -- disclosures --------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ def test_answer_warnings_flag_one_answer_on_a_split_that_is_not_uniform() -> Non
     assert "the answer 'neg' for 39 of 40" in warning and "most common target is 50%" in warning
     (empty,) = answer_warnings(rows([None] * 40, mixed))
     assert "no parseable answer for 40 of 40" in empty
+    # Unparseable is flagged even where the targets are one answer throughout.
+    (uniform,) = answer_warnings(rows([None] * 40, ["neg"] * 40))
+    assert "no parseable answer for 40 of 40" in uniform
     # Not flagged: varied answers; a test split that is itself one answer; too few examples.
     assert answer_warnings(rows(["neg"] * 37 + ["pos"] * 3, mixed)) == []
     assert answer_warnings(rows(["neg"] * 40, ["neg"] * 39 + ["pos"])) == []

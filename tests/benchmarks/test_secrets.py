@@ -97,12 +97,16 @@ def test_the_key_appears_in_no_artifact_log_or_message(
     assert _run(url, tmp_path, "good", "--api-key-env", "BENCH_TEST_KEY") == 0
     cells = RunStore(tmp_path / "results" / "good").cells()
     assert len(cells) == 4 and all(c.status == "ok" for c in cells)
-    # 2. A run whose calls fail with the key quoted back: every cell fails, messages masked.
-    code = _run(leaky_endpoint, tmp_path, "leaky", "--api-key-env", "BENCH_TEST_KEY", "--no-cache")
+    # 2. A run whose calls fail with the key quoted back: every cell fails, messages masked
+    # (capabilities declared, so no probe refuses the endpoint first).
+    leaky = ("--api-key-env", "BENCH_TEST_KEY", "--no-cache")
+    code = _run(leaky_endpoint, tmp_path, "leaky", *leaky, "--capabilities", "generate")
     assert code == 1
     failed = RunStore(tmp_path / "results" / "leaky").cells()
     assert failed and all(c.status == "failed" for c in failed)
     assert all("bad request from Bearer ***" in (c.reason or "") for c in failed)
+    # The same endpoint probed: refused while planning, the quoted key masked.
+    assert _run(leaky_endpoint, tmp_path, "leaky-probed", *leaky) == 2
     # 3. A wrong key from a file: refused while planning, with a message that names no key.
     assert _run(url, tmp_path, "wrong", "--api-key-file", str(key_file)) == 2
     # 4. The key pasted where the variable's name belongs: refused without echoing it.
@@ -111,6 +115,10 @@ def test_the_key_appears_in_no_artifact_log_or_message(
     captured = capsys.readouterr()
     assert "authentication failed" in captured.err or "401" in captured.err
     assert "must be the NAME of an environment variable" in captured.err
+    assert (
+        "cannot generate with model tiny (openai backend: 400 from tiny: bad request from "
+        "Bearer ***)" in captured.err
+    )
 
     texts = {"stdout": captured.out, "stderr": captured.err, "logs": caplog.text}
     texts["server log"] = keyed_server.log_tail(10_000)

@@ -55,9 +55,10 @@ def test_every_registered_method_is_well_formed() -> None:
     for name in methods.names():
         cls = get_method(name)
         assert cls.name == name
-        assert cls.requires and all(
-            opt in CAPABILITIES for need in cls.requires for opt in need.split("|")
-        ), f"{name} declares unknown capabilities"
+        # Empty only for a method that never calls the black box (majority).
+        assert all(opt in CAPABILITIES for need in cls.requires for opt in need.split("|")), (
+            f"{name} declares unknown capabilities"
+        )
         assert cls.__doc__, f"{name} has no docstring"
         for budget in BUDGETS:
             tuner = cls.from_budget(budget)

@@ -92,3 +92,19 @@ def test_a_server_that_ignores_n_gets_separate_requests_all_billed(server: str) 
         assert len(three) == 3 and _IgnoresN.seen == [1, 1, 1]
     finally:
         backend.close()
+
+
+def test_the_separate_requests_count_against_a_cap_on_calls(server: str) -> None:
+    from benchmarks.errors import BudgetExhausted
+    from benchmarks.metering import Limits, PriceTable, SpendingGuard
+
+    backend = OpenAIBackend("m", base_url=server, api="completions", backoff_s=0.001)
+    guard = SpendingGuard(PriceTable(), run=Limits(calls=3))
+    box = MeteredBlackBox(backend, meter=UsageMeter(), guard=guard)
+    try:
+        with pytest.raises(BudgetExhausted, match="--max-calls 3"):
+            # one call admitted; the 3 requests its missing samples need would make 4
+            box.generate(["Q: 1\nA:"], n=4, temperature=1.0, max_tokens=1)
+    finally:
+        backend.close()
+    assert _IgnoresN.seen == [4]  # none of the extra requests was sent
