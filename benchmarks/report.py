@@ -887,6 +887,10 @@ def render_markdown(report: Report) -> str:
         if section.plots:
             lines.append("")
             lines += [f"![{p.title}]({p.stem}.svg)" for p in section.plots]
+        if section.overall:
+            from benchmarks.reproduction import reproduction_markdown
+
+            lines += reproduction_markdown(report)
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,7 @@ from benchmarks.report import (
     ranking_note,
     slug,
 )
+from benchmarks.reproduction import reproduction_html
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
@@ -291,6 +292,8 @@ def render_index(report: Report) -> str:
         body += _ratios(section, report)
         body += _plots(section, report)
         body.append("</section>")
+        if section.overall:
+            body += reproduction_html(report)
     return _page(report.title, body)
 
 
