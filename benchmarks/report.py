@@ -61,6 +61,10 @@ dollars when both are priced and in tokens otherwise; "n/a" with the reason wher
 reference spent nothing. A table whose reference row is missing or not finished is replaced
 by one line saying why, and when the reference finished no cell in the report at all there
 are no cost-ratio tables.
+
+Reproduction, after the overall section (`benchmarks.reproduction`): each method's paper's
+headline claim beside the gain measured here over the method that plays the paper's baseline,
+with a verdict (reproduced / not reproduced / not measurable here) and one line why.
 """
 
 from __future__ import annotations
@@ -1022,6 +1026,10 @@ def render_markdown(report: Report) -> str:
         if section.plots:
             lines.append("")
             lines += [f"![{p.title}]({p.stem}.svg)" for p in section.plots]
+        if section.overall:
+            from benchmarks.reproduction import reproduction_markdown
+
+            lines += reproduction_markdown(report)
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,7 @@ from benchmarks.report import (
     ranking_note,
     slug,
 )
+from benchmarks.reproduction import reproduction_html
 from methods.base import DISCLOSURE_KINDS
 
 _CSS = """
@@ -328,6 +329,8 @@ def render_index(report: Report) -> str:
         body += _ratios(section, report)
         body += _plots(section, report)
         body.append("</section>")
+        if section.overall:
+            body += reproduction_html(report)
     return _page(report.title, body)
 
 

@@ -1,7 +1,8 @@
 """The HTML report in a real headless browser (Debian's chromium and chromium-driver, driven by
 Selenium): it loads with no console errors, its plots load, clicking a header sorts the table,
-a seed links to its cell's page of predictions, and a screenshot is saved. Skipped, with the
-reason, when chromium, chromedriver or selenium is missing."""
+a seed links to its cell's page of predictions, the reproduction table follows the overall one,
+and a screenshot is saved. Skipped, with the reason, when chromium, chromedriver or selenium is
+missing."""
 
 from __future__ import annotations
 
@@ -122,6 +123,17 @@ def test_report_page_in_a_browser(browser: Any, tmp_path: Path) -> None:
     assert _methods(browser, table) == ["aligner", "bbox", "few-shot", "zero-shot"]
     # Sorting one table leaves the others alone.
     assert _methods(browser, "leaderboard-task-t2") == ["bbox", "zero-shot"]
+    # The reproduction table, after the overall one: bbox's two claims (neither testable on
+    # t1/t2: its gain claim is about gsm8k, its cost claim against SFT) and aligner's (refused).
+    claims = "reproduction-claims"
+    assert _methods(browser, claims) == ["bbox", "bbox", "aligner"]
+    verdicts = browser.find_elements(By.CSS_SELECTOR, f"#{claims} tbody tr td:nth-child(6)")
+    assert [v.text for v in verdicts] == ["not measurable here"] * 3
+    section = browser.find_element(By.ID, "reproduction")
+    overall = browser.find_element(By.ID, "overall")
+    assert overall.location["y"] < section.location["y"]
+    browser.find_elements(By.CSS_SELECTOR, f"#{claims} thead th")[0].click()
+    assert _methods(browser, claims) == ["aligner", "bbox", "bbox"]
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert _severe(browser) == []
