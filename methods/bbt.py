@@ -6,8 +6,13 @@ with z ∈ R^d (d = 500) and A a fixed random matrix drawn once from the seed. C
 z only, from z = 0; each candidate costs one "API call" in the paper's sense: one forward of
 the black box over the whole k-shot training batch (k examples per class), scored by a loss on
 the verbalizer. Every ``eval_every`` such calls the best z so far (lowest training loss) is
-scored on a separate k-shot dev set, and the prompt with the best dev accuracy is kept; z = 0
-(the zero soft prompt, A·0) is scored on dev first and is the prompt to beat. The budget is
+scored on a separate k-shot dev set, and the prompt with the best dev accuracy is kept. As in
+the official code (``LMForwardAPI``: ``best_dev_perf = 0.0``, ``best_prompt = None``) z = 0 is
+not scored and is not an incumbent: the first checkpoint with a dev accuracy above 0 is taken,
+and a later one only if strictly better; z = 0 comes back only when every checkpoint scored 0
+(``zero_incumbent=True`` scores z = 0 on dev first and makes it the prompt to beat). The
+official checkpoint scores the candidate that happens to be the ``eval_every``-th call
+(``checkpoint="current"``, the Config default and the ``paper`` preset). The budget is
 counted in API calls as the paper counts them (train calls only); `BBT.plan` reports prompts
 sent (calls × batch, plus the dev evaluations), the harness's unit.
 
@@ -53,11 +58,16 @@ Deviations, and why:
   accuracy against 5-10 (0.86 vs 0.94-0.97 on 64 test examples). d = 500 is kept.
 - The causal verbalizer: BBT scores RoBERTa's [MASK]; here (as in its GPT-2 path) the first
   token after the task's rendered prompt (default instruction, ``Q: x`` / ``A:`` template).
-- The dev checkpoint scores the best z so far by training loss; the official code scores the
-  candidate that happens to be the ``eval_every``-th call (in its parallel mode, the best of
-  that generation). A final checkpoint is added when the budget is not a multiple of
-  ``eval_every``, and a z already scored on dev is not sent again (so calls may fall short of
-  the plan, never exceed it). With no dev examples at all the best training z is returned.
+- The light/medium/heavy presets checkpoint the best z so far by training loss
+  (``checkpoint="best_train"``): with a few checkpoints, the candidate that happens to be the
+  ``eval_every``-th call is a noisy pick. A final checkpoint is then added when the budget is
+  not a multiple of ``eval_every``, and a z already scored on dev is not sent again (so calls
+  may fall short of the plan, never exceed it). With no dev examples at all the best training
+  z is returned.
+- Dev sets of ``dev_k_shot`` examples per class (the official code draws k per class for
+  both): the medium and heavy presets keep the paper's 16 per class on dev, so the search can
+  move (with 4 per class, 8 examples, z = 0 already at 8/8 could never be beaten), while each
+  training call stays at 4-8 per class to fit the prompt cap.
 - Speed, not behaviour: the candidates of a generation are independent, so on a black box
   that says it is ``thread_safe`` (the harness's is) their calls go out at once, one thread
   each, and the server batches them; losses are then walked in the sequential order, so the
@@ -66,11 +76,11 @@ Deviations, and why:
   cap. The light/medium/heavy presets trade k and the number of generations to fit 400 / 2,000
   / 10,000 prompts (``call_cap`` shrinks the budget further on tasks with more classes). At
   light budgets BBT barely moves: 5 generations of CMA-ES in 500 dimensions lower the training
-  loss (zoo-sentiment, CE 0.46 -> 0.08) but do not beat z = 0 on an 8-example dev set, and
-  ties keep z = 0; on zoo-sentiment even the heavy preset returned z = 0 (dev at 0.875-1.0
-  already under verbalizer scoring, 0.945 test accuracy). Its gain over text-generating
-  baselines there comes from reading the verbalizer, not from the search. That is a finding
-  about the method at these budgets, not a bug.
+  loss (zoo-sentiment, CE 0.46 -> 0.08). Before the official selection was restored, z = 0
+  was an incumbent and on zoo-sentiment every preset returned it (dev at 0.875-1.0 already
+  under verbalizer scoring, 0.945 test accuracy): BBT's gain over text-generating baselines
+  there came from reading the verbalizer, not from the search. A cell that returns z = 0 is
+  disclosed as "no change".
 
 BBTv2 (deep prompts, ``deepbbt.py``) is not implemented: it adds A_l z_l to the hidden states
 entering every layer and sizes A_l from per-layer hidden-state statistics, and the backend
@@ -119,6 +129,8 @@ class BBTConfig:
     #: training examples per class, and as many per class for dev (``--k_shot`` 16;
     #: ``construct_true_few_shot_data``).
     k_shot: int = 16
+    #: dev examples per class; None: ``k_shot``, as the official code draws them.
+    dev_k_shot: int | None = None
     #: API calls (one forward over the k-shot batch each) (``--budget`` 8000).
     budget: int = 8_000
     #: CMA-ES population per generation (``--popsize`` 20).
@@ -137,8 +149,14 @@ class BBTConfig:
     random_proj: Literal["normal", "he"] = "normal"
     #: "cma" (pycma, ``--alg CMA``) or "nevergrad" (the first official commit).
     optimizer: Literal["cma", "nevergrad"] = "cma"
-    #: score the best z so far on dev every this many API calls (``--eval_every`` 100).
+    #: score a z on dev every this many API calls (``--eval_every`` 100).
     eval_every: int = 100
+    #: which z a checkpoint scores: "current", the candidate of the ``eval_every``-th call
+    #: (``LMForwardAPI.eval``), or "best_train", the lowest training loss so far.
+    checkpoint: Literal["current", "best_train"] = "current"
+    #: score z = 0 on dev first and keep it unless a checkpoint is strictly better (the
+    #: official code has no such incumbent: ``best_dev_perf = 0.0``, ``best_prompt = None``).
+    zero_incumbent: bool = False
     #: render prompts with the task's default instruction (BBT's template carries the task).
     with_instruction: bool = True
     #: a cap on prompts sent while tuning (train and dev); the budget shrinks to fit it. None
@@ -154,33 +172,42 @@ class BBT(BlackBoxTuner):
     config: BBTConfig
     requires: ClassVar[frozenset[str]] = frozenset({PROMPT_EMBEDS, NEXT_TOKEN_LOGITS})
     variant: str | None = None
-    # Prompts per preset on a two-class task (k per class → 2k prompts a call, 2k a dev check):
-    #   light:  40 calls × 8 + (1 + 2) × 8           =   344 ≤ 400   (5 generations of 8)
-    #   medium: 220 calls × 8 + (1 + 5) × 8          = 1,808 ≤ 2,000 (22 generations of 10)
-    #   heavy:  560 calls × 16 + (1 + 6) × 16        = 9,072 ≤ 10,000 (28 generations of 20)
+    # Prompts per preset on a two-class task (k per class → 2k prompts a call; dev_k per class
+    # → 2·dev_k prompts a dev check, one per eval_every calls and a last one):
+    #   light:  40 calls × 8 + 2 × 16                =   352 ≤ 400   (5 generations of 8)
+    #   medium: 220 calls × 8 + 5 × 32               = 1,920 ≤ 2,000 (22 generations of 10)
+    #   heavy:  560 calls × 16 + 6 × 32              = 9,152 ≤ 10,000 (28 generations of 20)
+    # The paper preset is the Config's defaults: the official run (k = 16, 8,000 calls,
+    # checkpoints of the current candidate, no z = 0 incumbent).
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "light": {
             "n_prompt_tokens": 5,
             "k_shot": 4,
+            "dev_k_shot": 8,
             "budget": 40,
             "popsize": 8,
             "eval_every": 20,
+            "checkpoint": "best_train",
             "call_cap": 400,
         },
         "medium": {
             "n_prompt_tokens": 10,
             "k_shot": 4,
+            "dev_k_shot": 16,
             "budget": 220,
             "popsize": 10,
             "eval_every": 50,
+            "checkpoint": "best_train",
             "call_cap": 2_000,
         },
         "heavy": {
             "n_prompt_tokens": 10,
             "k_shot": 8,
+            "dev_k_shot": 16,
             "budget": 560,
             "popsize": 20,
             "eval_every": 100,
+            "checkpoint": "best_train",
             "call_cap": 10_000,
         },
     }
@@ -190,6 +217,7 @@ class BBT(BlackBoxTuner):
         cfg = self.config
         choices = {"loss": ("ce", "hinge"), "random_proj": ("normal", "he")}
         choices["optimizer"] = ("cma", "nevergrad")
+        choices["checkpoint"] = ("current", "best_train")
         for name, valid in choices.items():
             if getattr(cfg, name) not in valid:
                 raise BenchError(
@@ -198,6 +226,8 @@ class BBT(BlackBoxTuner):
         for name in ("intrinsic_dim", "n_prompt_tokens", "k_shot", "popsize", "eval_every"):
             if getattr(cfg, name) < 1:
                 raise BenchError(f"bbt: {name} must be at least 1, got {getattr(cfg, name)}")
+        if cfg.dev_k_shot is not None and cfg.dev_k_shot < 1:
+            raise BenchError(f"bbt: dev_k_shot must be at least 1 (or None), got {cfg.dev_k_shot}")
         # The optimizer's library is imported here, when the runner builds the tuner, not in
         # `fit`: its import (about 2 s for pycma) is not tuning time, and a missing library is
         # a one-line error while planning instead of a failed cell. (Each valid optimizer
@@ -220,7 +250,7 @@ class BBT(BlackBoxTuner):
     def plan(self, *, task: TaskLike, train: Sequence[Example], dev: Sequence[Example]) -> CallPlan:
         if task.kind != "classification" or not task.labels:
             return CallPlan(eval_samples_per_example=0.0)  # `fit` refuses the task
-        batch, dev_size = _few_shot_sizes(train, dev, task.labels, self.config.k_shot)
+        batch, dev_size = _few_shot_sizes(train, dev, task.labels, *self._ks())
         calls, checks = self._schedule(batch, dev_size)
         instruction = self._instruction(task)
         return CallPlan(
@@ -238,8 +268,17 @@ class BBT(BlackBoxTuner):
         cfg = self.config
         generations = cfg.budget // cfg.popsize
 
-        def checks(calls: int) -> int:  # z = 0, then one per eval_every calls (and a last one)
-            return (1 + -(-calls // cfg.eval_every)) if dev_size else 0
+        def checks(calls: int) -> int:
+            # z = 0 if it is the incumbent, then one per eval_every calls (and, with
+            # best_train, a last one: the ceiling counts it)
+            if not dev_size:
+                return 0
+            every = (
+                calls // cfg.eval_every
+                if cfg.checkpoint == "current"
+                else -(-calls // cfg.eval_every)
+            )
+            return int(cfg.zero_incumbent) + every
 
         def prompts(gens: int) -> int:
             calls = gens * cfg.popsize
@@ -267,7 +306,7 @@ class BBT(BlackBoxTuner):
         ctx = context or TuneContext()
         labels = _classification_labels(task)
         rng = random.Random(ctx.seed)
-        train_set, dev_set = true_few_shot(train, dev, labels, cfg.k_shot, rng)
+        train_set, dev_set = true_few_shot(train, dev, labels, *self._ks(), rng)
         if not train_set:
             raise BenchError(f"bbt: task {task.name} has no training examples with label words")
         calls, _ = self._schedule(len(train_set), len(dev_set))
@@ -344,6 +383,11 @@ class BBT(BlackBoxTuner):
             },
         )
 
+    def _ks(self) -> tuple[int, int]:
+        """Examples per class for training calls and for dev."""
+        cfg = self.config
+        return cfg.k_shot, cfg.k_shot if cfg.dev_k_shot is None else cfg.dev_k_shot
+
     def _instruction(self, task: TaskLike) -> str | None:
         return task.instructions[0] if self.config.with_instruction and task.instructions else None
 
@@ -358,11 +402,11 @@ class SearchResult:
     """The chosen z and how it was found.
 
     Attributes:
-        z: the chosen point (best dev accuracy; z = 0 unless something beat it).
-        dev_accuracy: its dev accuracy (None without dev examples).
-        train_loss: its training loss (None for z = 0, which is only scored on dev).
+        z: the chosen point (best dev accuracy; z = 0 when no checkpoint was picked).
+        dev_accuracy: its dev accuracy (None without dev examples, or for an unscored z = 0).
+        train_loss: its training loss (None for z = 0, which is never a training call).
         calls: API calls spent (forwards over the training batch).
-        dev_checks: dev evaluations sent (z = 0 included).
+        dev_checks: dev evaluations sent (z = 0 included when it is the incumbent).
         history: (calls, best training loss so far) after each generation.
     """
 
@@ -385,17 +429,21 @@ def search(
     workers: int = 1,
 ) -> SearchResult:
     """Minimise ``train_loss`` over z ∈ R^d with CMA-ES for at most ``calls`` evaluations,
-    from z = 0; every ``eval_every`` calls (and at the end) score the best z so far with
-    ``dev_accuracy`` and keep the best on dev (strictly better than z = 0 and earlier picks).
+    from z = 0; every ``eval_every`` calls score a z with ``dev_accuracy`` (``checkpoint``:
+    the current candidate, or the best by training loss so far, then also at the end) and
+    keep the best on dev, strictly better than earlier picks and than 0 (or, with
+    ``zero_incumbent``, than z = 0 scored first). z = 0 comes back when nothing was picked.
     With ``workers`` > 1 the candidates of a generation are scored on that many threads at
     once (``train_loss`` must then be thread-safe); the result is the same."""
     cfg = config
     zero = np.zeros(cfg.intrinsic_dim)
     chosen, chosen_loss = zero, None
+    # The official start: nothing picked, and a pick must beat dev accuracy 0.
     best_dev: float | None = None
+    bar = 0.0
     checks = 0
-    if dev_accuracy is not None:
-        best_dev = dev_accuracy(zero)
+    if dev_accuracy is not None and cfg.zero_incumbent:
+        best_dev = bar = dev_accuracy(zero)
         checks = 1
         on_event("dev", {"calls": 0, "dev_accuracy": best_dev, "best_dev_accuracy": best_dev})
     best_z: np.ndarray | None = None
@@ -404,20 +452,17 @@ def search(
     used = 0
     history: list[tuple[int, float]] = []
 
-    def checkpoint() -> None:
-        nonlocal chosen, chosen_loss, best_dev, checks, checked
-        if best_z is None:
+    def checkpoint(z: np.ndarray | None, loss: float) -> None:
+        nonlocal chosen, chosen_loss, best_dev, bar, checks, checked
+        if z is None or dev_accuracy is None:
             return
-        if dev_accuracy is None:
-            chosen, chosen_loss = best_z, best_loss
+        if checked is not None and np.array_equal(checked, z):
             return
-        if checked is not None and np.array_equal(checked, best_z):
-            return
-        checked = best_z
-        acc = dev_accuracy(best_z)
+        checked = z
+        acc = dev_accuracy(z)
         checks += 1
-        if best_dev is None or acc > best_dev:
-            best_dev, chosen, chosen_loss = acc, best_z, best_loss
+        if acc > bar:
+            best_dev, bar, chosen, chosen_loss = acc, acc, z, loss
         on_event("dev", {"calls": used, "dev_accuracy": acc, "best_dev_accuracy": best_dev})
 
     optimizer = _make_optimizer(cfg, calls, seed)
@@ -437,7 +482,10 @@ def search(
                 if loss < best_loss:
                     best_z, best_loss = np.array(z, dtype=float), loss
                 if used % cfg.eval_every == 0:
-                    checkpoint()
+                    if cfg.checkpoint == "current":
+                        checkpoint(np.array(z, dtype=float), loss)
+                    else:
+                        checkpoint(best_z, best_loss)
             optimizer.tell(candidates, losses)
             generation += 1
             history.append((used, best_loss))
@@ -454,8 +502,8 @@ def search(
     finally:
         if pool is not None:
             pool.shutdown()
-    if used % cfg.eval_every:
-        checkpoint()
+    if used % cfg.eval_every and cfg.checkpoint == "best_train":
+        checkpoint(best_z, best_loss)
     if dev_accuracy is None and best_z is not None:
         chosen, chosen_loss = best_z, best_loss
     return SearchResult(chosen, best_dev, chosen_loss, used, checks, history)
@@ -609,11 +657,13 @@ def true_few_shot(
     dev: Sequence[Example] | None,
     labels: Sequence[str],
     k: int,
+    dev_k: int,
     rng: random.Random,
 ) -> tuple[list[Example], list[Example]]:
-    """k examples per label from ``train`` (shuffled with ``rng``) and k per label from
-    ``dev``; without dev, the next k per label of the shuffled train
-    (``construct_true_few_shot_data``). Examples whose target is not a label are skipped."""
+    """k examples per label from ``train`` (shuffled with ``rng``) and ``dev_k`` per label
+    from ``dev``; without dev, the next ``dev_k`` per label of the shuffled train
+    (``construct_true_few_shot_data``, where dev_k = k). Examples whose target is not a label
+    are skipped."""
     order = list(train)
     rng.shuffle(order)
     train_count = dict.fromkeys(labels, 0)
@@ -626,29 +676,33 @@ def true_few_shot(
         if train_count[ex.target] < k:
             train_set.append(ex)
             train_count[ex.target] += 1
-        elif not dev and dev_count[ex.target] < k:
+        elif not dev and dev_count[ex.target] < dev_k:
             dev_set.append(ex)
             dev_count[ex.target] += 1
     if dev:
         pool = list(dev)
         rng.shuffle(pool)
         for ex in pool:
-            if ex.target in dev_count and dev_count[ex.target] < k:
+            if ex.target in dev_count and dev_count[ex.target] < dev_k:
                 dev_set.append(ex)
                 dev_count[ex.target] += 1
     return train_set, dev_set
 
 
 def _few_shot_sizes(
-    train: Sequence[Example], dev: Sequence[Example] | None, labels: Sequence[str], k: int
+    train: Sequence[Example],
+    dev: Sequence[Example] | None,
+    labels: Sequence[str],
+    k: int,
+    dev_k: int,
 ) -> tuple[int, int]:
     """Sizes of `true_few_shot`'s sets (they do not depend on the shuffle)."""
     in_train = [sum(ex.target == lab for ex in train) for lab in labels]
     batch = sum(min(k, n) for n in in_train)
     if dev:
-        dev_size = sum(min(k, sum(ex.target == lab for ex in dev)) for lab in labels)
+        dev_size = sum(min(dev_k, sum(ex.target == lab for ex in dev)) for lab in labels)
     else:
-        dev_size = sum(min(k, max(0, n - k)) for n in in_train)
+        dev_size = sum(min(dev_k, max(0, n - k)) for n in in_train)
     return batch, dev_size
 
 

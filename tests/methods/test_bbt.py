@@ -170,15 +170,20 @@ def test_true_few_shot_draws_k_per_class_and_a_disjoint_dev() -> None:
 
     task = _Reviews()
     train, dev = task.examples("train"), task.examples("dev")
-    tr, dv = true_few_shot(train, dev, task.labels, 4, random.Random(0))
+    tr, dv = true_few_shot(train, dev, task.labels, 4, 4, random.Random(0))
     assert sorted(ex.target for ex in tr) == ["negative"] * 4 + ["positive"] * 4
     assert sorted(ex.target for ex in dv) == ["negative"] * 4 + ["positive"] * 4
     assert all(ex.id.startswith("dev") for ex in dv)
     # without dev: the next k per class of the shuffled train (construct_true_few_shot_data)
-    tr2, dv2 = true_few_shot(train, None, task.labels, 4, random.Random(0))
+    tr2, dv2 = true_few_shot(train, None, task.labels, 4, 4, random.Random(0))
     assert len(tr2) == len(dv2) == 8 and not {e.id for e in tr2} & {e.id for e in dv2}
-    again, _ = true_few_shot(train, dev, task.labels, 4, random.Random(0))
-    other, _ = true_few_shot(train, dev, task.labels, 4, random.Random(1))
+    # dev_k apart from k (the presets' 16 per class on dev)
+    tr3, dv3 = true_few_shot(train, dev, task.labels, 4, 16, random.Random(0))
+    assert (
+        len(tr3) == 8 and sorted(ex.target for ex in dv3) == ["negative"] * 16 + ["positive"] * 16
+    )
+    again, _ = true_few_shot(train, dev, task.labels, 4, 4, random.Random(0))
+    other, _ = true_few_shot(train, dev, task.labels, 4, 4, random.Random(1))
     assert [e.id for e in again] == [e.id for e in tr]
     assert [e.id for e in other] != [e.id for e in tr]
 
@@ -215,9 +220,10 @@ def test_cma_improves_the_loss_from_the_zero_prompt(optimizer: str) -> None:
     assert _loss_of(policy, box) < 0.5 * zero_loss
     assert policy.soft_prompt.shape == (2, 4) and policy.soft_prompt.dtype == np.float32
     assert float(np.mean(policy.soft_prompt)) > 0  # the direction that helps
-    # z = 0 answers "negative" to everything (dev accuracy 0.5); the chosen prompt beats it
+    # z = 0 (which answers "negative" to everything: dev accuracy 0.5) is never sent to dev;
+    # the first checkpoint, the 12th candidate, already answers every dev example right
     dev = [f for e, f in events if e == "dev"]
-    assert dev[0] == {"calls": 0, "dev_accuracy": 0.5, "best_dev_accuracy": 0.5}
+    assert dev[0] == {"calls": 12, "dev_accuracy": 1.0, "best_dev_accuracy": 1.0}
     assert policy.meta["dev_accuracy"] == 1.0 and not policy.meta["from_zero"]
     gens = [f for e, f in events if e == "generation"]
     assert [g["calls"] for g in gens] == [6 * i for i in range(1, 11)]
@@ -228,12 +234,12 @@ def test_the_loop_spends_what_it_plans_and_is_seeded() -> None:
     task = _Reviews()
     tuner = BBT(intrinsic_dim=50, n_prompt_tokens=2, k_shot=4, budget=60, popsize=6, eval_every=12)
     plan = tuner.plan(task=task, train=task.examples("train"), dev=task.examples("dev"))
-    # 60 calls x 8 prompts + dev checks (z = 0, then calls 12, 24, 36, 48, 60) x 8 prompts
-    assert plan.calls == 60 * 8 + 6 * 8 and plan.samples == 0
+    # 60 calls x 8 prompts + dev checks (the candidates of calls 12, 24, 36, 48, 60) x 8
+    assert plan.calls == 60 * 8 + 5 * 8 and plan.samples == 0
     box = _LinearBox()
     a = _fit(box, seed=0)
     assert box.prompts_sent <= plan.calls
-    assert box.prompts_sent >= 60 * 8 + 8  # all train calls, and z = 0 on dev
+    assert box.prompts_sent >= 60 * 8 + 8  # all train calls, and a dev check
     assert a.meta["calls"] == 60
     b = _fit(_LinearBox(), seed=0)
     c = _fit(_LinearBox(), seed=1)
@@ -258,7 +264,14 @@ def test_best_on_dev_is_kept_and_ties_keep_the_earlier_prompt() -> None:
         checked.append((len(losses), z.copy()))
         return next(script)
 
-    cfg = BBT.Config(intrinsic_dim=10, popsize=5, budget=40, eval_every=10)
+    cfg = BBT.Config(
+        intrinsic_dim=10,
+        popsize=5,
+        budget=40,
+        eval_every=10,
+        checkpoint="best_train",
+        zero_incumbent=True,
+    )
     result = search(train_loss, dev_accuracy, config=cfg, calls=40, seed=3)
     assert result.calls == 40 and result.dev_checks == 5
     assert [n for n, _ in checked] == [0, 10, 20, 30, 40]
@@ -274,11 +287,53 @@ def test_best_on_dev_is_kept_and_ties_keep_the_earlier_prompt() -> None:
 
 
 def test_zero_prompt_is_kept_when_nothing_beats_it_on_dev() -> None:
-    cfg = BBT.Config(intrinsic_dim=5, popsize=4, budget=8, eval_every=3)
+    cfg = BBT.Config(
+        intrinsic_dim=5,
+        popsize=4,
+        budget=8,
+        eval_every=3,
+        checkpoint="best_train",
+        zero_incumbent=True,
+    )
     result = search(lambda z: float(np.sum(z**2)), lambda z: 0.5, config=cfg, calls=8, seed=1)
     assert not np.any(result.z) and result.train_loss is None
     # checks: z = 0, calls 3 and 6, and a last one at 8 (unless the best z did not change)
     assert 2 <= result.dev_checks <= 4
+
+
+def test_the_official_selection_scores_the_current_candidate_and_has_no_zero_incumbent() -> None:
+    """``checkpoint="current"`` without an incumbent (the Config default, the paper preset):
+    z = 0 is never sent to dev, each check scores the eval_every-th candidate itself, and the
+    first check above accuracy 0 is taken even when it is worse than z = 0 would be."""
+    seen: list[np.ndarray] = []
+
+    def train_loss(z: np.ndarray) -> float:
+        seen.append(z.copy())
+        return float(np.sum(z**2))
+
+    checked: list[np.ndarray] = []
+    script = iter([0.25, 0.25, 0.5])
+
+    def dev_accuracy(z: np.ndarray) -> float:
+        checked.append(z.copy())
+        return next(script)
+
+    cfg = BBT.Config(intrinsic_dim=6, popsize=4, budget=12, eval_every=4)
+    assert cfg.checkpoint == "current" and not cfg.zero_incumbent
+    assert get_method("bbt").from_budget("paper").config == cfg.__class__()
+    result = search(train_loss, dev_accuracy, config=cfg, calls=12, seed=2)
+    assert result.dev_checks == 3 and len(checked) == 3
+    for i, z in enumerate(checked):  # the 4th, 8th and 12th candidates, not the best so far
+        np.testing.assert_array_equal(z, seen[4 * i + 3])
+    assert not any(not np.any(z) for z in checked)  # z = 0 was never scored
+    np.testing.assert_array_equal(result.z, checked[2])  # 0.5 beat 0.25; the tie did not
+    assert result.dev_accuracy == 0.5
+
+
+def test_without_an_incumbent_nothing_above_zero_returns_z_zero_unscored() -> None:
+    cfg = BBT.Config(intrinsic_dim=4, popsize=2, budget=4, eval_every=2)
+    result = search(lambda z: float(np.sum(z**2)), lambda z: 0.0, config=cfg, calls=4, seed=1)
+    assert not np.any(result.z) and result.dev_accuracy is None and result.dev_checks == 2
 
 
 def test_call_cap_shrinks_the_budget_for_tasks_with_more_classes() -> None:
@@ -293,10 +348,13 @@ def test_call_cap_shrinks_the_budget_for_tasks_with_more_classes() -> None:
         tuner = get_method("bbt").from_budget(budget)
         plan = tuner.plan(task=task, train=task.examples("train"), dev=task.examples("dev"))
         assert 0 < plan.calls <= cap
-    # the light preset on a two-class task: 40 calls x 8 + 3 checks x 8
+    # the light preset on a two-class task: 40 calls x 8 + 2 checks x 16 (8 dev per class)
     two = _Reviews()
     light = get_method("bbt").from_budget("light")
-    assert light.plan(task=two, train=two.examples("train"), dev=two.examples("dev")).calls == 344
+    assert light.plan(task=two, train=two.examples("train"), dev=two.examples("dev")).calls == 352
+    medium = get_method("bbt").from_budget("medium")
+    plan = medium.plan(task=two, train=two.examples("train"), dev=two.examples("dev"))
+    assert plan.calls == 220 * 8 + 5 * 32  # the paper's 16 per class on dev
 
 
 # -- refusals and the policy -----------------------------------------------------------------
@@ -362,7 +420,8 @@ def test_light_preset_on_zoo_sentiment(zoo_large) -> None:  # type: ignore[no-un
     train, dev, test = task.examples("train"), task.examples("dev"), task.examples("test")
     tuner = get_method("bbt").from_budget("light")
     plan = tuner.plan(task=task, train=train, dev=dev)
-    assert plan.calls == 344
+    dev_size = sum(min(8, sum(ex.target == lab for ex in dev)) for lab in task.labels)
+    assert plan.calls == 40 * 8 + 2 * dev_size  # 8 dev examples per class, two checks
     events: list[tuple[str, dict]] = []
     policy = tuner.fit(
         train,
@@ -372,7 +431,7 @@ def test_light_preset_on_zoo_sentiment(zoo_large) -> None:  # type: ignore[no-un
         context=TuneContext(seed=0, on_event=lambda e, f: events.append((e, dict(f)))),
     )
     calls = list(zoo_large.meter.calls)
-    assert 320 + 8 <= len(calls) <= plan.calls
+    assert 320 + dev_size <= len(calls) <= plan.calls
     assert {c.kind for c in calls} == {"next_token"} and {c.role for c in calls} == {"task"}
     assert isinstance(policy, SoftPromptPolicy)
     assert policy.soft_prompt.shape == (5, zoo_large.embedding_stats()[0])
