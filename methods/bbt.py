@@ -368,7 +368,7 @@ class BBT(BlackBoxTuner):
             ctx.disclose(
                 "no-change",
                 f"returned its starting point z = 0 (zero soft prompt): no CMA-ES candidate of "
-                f"{result.calls} calls beat it on dev ({result.dev_checks} dev checks)",
+                f"{result.calls} calls was picked on dev ({result.dev_checks} dev checks)",
             )
         return SoftPromptPolicy(
             soft_prompt=soft_prompt(result.z),
