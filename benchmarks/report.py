@@ -415,7 +415,8 @@ def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float
     return float(low), float(high)
 
 
-def _task_seed(task: str) -> int:
+def task_seed(task: str) -> int:
+    """The bootstrap's generator seed for ``task`` (the reproduction table draws the same)."""
     # Stable across processes (unlike hash()); each task gets its own draws, shared by its
     # methods, so tasks are independent in the overall interval.
     return zlib.crc32(task.encode("utf-8"))
@@ -518,7 +519,7 @@ def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float 
         row.ci_note = "no stored predictions"
         return
     try:
-        row.gain_replicates = bootstrap_gain(mine, theirs, seed=_task_seed(task))
+        row.gain_replicates = bootstrap_gain(mine, theirs, seed=task_seed(task))
     except ValueError as exc:
         row.ci_note = str(exc)
         return
@@ -538,7 +539,7 @@ def _manual_gain(row: Row, task: str, manual_cells: list[ReportCell]) -> Gain:
     if not all(mine) or not all(theirs):
         return Gain(value, note="no stored predictions")
     try:
-        replicates = bootstrap_gain(mine, theirs, seed=_task_seed(task))
+        replicates = bootstrap_gain(mine, theirs, seed=task_seed(task))
     except ValueError as exc:
         return Gain(value, note=str(exc))
     return Gain(value, interval(replicates), replicates)

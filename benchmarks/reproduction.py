@@ -44,9 +44,9 @@ from benchmarks.report import (
     Report,
     ReportCell,
     Row,
-    _task_seed,
     bootstrap_gain,
     interval,
+    task_seed,
 )
 
 VerdictText = Literal["reproduced", "not reproduced", "not measurable here"]
@@ -291,7 +291,7 @@ def judge(claim: Claim, by_task: Mapping[str, Sequence[Row]]) -> Verdict:
             why = f"no interval: no stored predictions on {task}"
             return Verdict(claim, NOT_MEASURABLE, why, here, value, tasks=tasks)
         try:
-            replicates.append(bootstrap_gain(ours, theirs, seed=_task_seed(task)))
+            replicates.append(bootstrap_gain(ours, theirs, seed=task_seed(task)))
         except ValueError as exc:
             why = f"no interval on {task}: {exc}"
             return Verdict(claim, NOT_MEASURABLE, why, here, value, tasks=tasks)

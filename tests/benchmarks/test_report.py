@@ -18,7 +18,6 @@ from benchmarks.cli import main
 from benchmarks.plots import Point, pareto_front
 from benchmarks.report import (
     ReportCell,
-    _task_seed,
     bootstrap_gain,
     build_report,
     collect_cells,
@@ -26,6 +25,7 @@ from benchmarks.report import (
     interval,
     leaderboard_rows,
     overall_rows,
+    task_seed,
     write_report,
 )
 from benchmarks.results import CellRecord, RunStore, cell_id
@@ -523,7 +523,7 @@ def test_gain_over_manual_best_is_the_zero_shot_bootstrap_with_manual_best_as_re
     assert opro.gain_replicates is not None and opro.manual_gain.replicates is not None
     assert np.array_equal(opro.manual_gain.replicates, opro.gain_replicates)
     expected = bootstrap_gain(
-        [opro.cells[0].scores()], [rows["manual-best"].cells[0].scores()], seed=_task_seed("t")
+        [opro.cells[0].scores()], [rows["manual-best"].cells[0].scores()], seed=task_seed("t")
     )
     assert np.array_equal(opro.manual_gain.replicates, expected)
     assert opro.manual_gain.ci == opro.gain_ci
