@@ -433,9 +433,9 @@ def leaderboard_rows(
         by_task[cell.record.task][cell.record.method].append(cell)
     out: dict[str, list[Row]] = {}
     for task, by_method in sorted(by_task.items()):
-        ref_cells = [c for c in by_method.get(REFERENCE, []) if _finished(c.record)]
+        ref_cells = [c for c in by_method.get(REFERENCE, []) if is_finished(c.record)]
         ref_mean = statistics.fmean(c.record.accuracy for c in ref_cells) if ref_cells else None  # type: ignore[misc]
-        manual_cells = [c for c in by_method.get(MANUAL_BEST, []) if _finished(c.record)]
+        manual_cells = [c for c in by_method.get(MANUAL_BEST, []) if is_finished(c.record)]
         rows = []
         for method, group in sorted(by_method.items()):
             group.sort(key=lambda c: (c.record.seed, c.run_id))
@@ -448,13 +448,14 @@ def leaderboard_rows(
     return out
 
 
-def _finished(record: CellRecord) -> bool:
+def is_finished(record: CellRecord) -> bool:
+    """A cell the accuracy counts: finished ok, with an accuracy."""
     return record.status == "ok" and record.accuracy is not None
 
 
 def _task_row(method: str, group: list[ReportCell]) -> Row:
     records = [c.record for c in group]
-    ok = [c for c in group if _finished(c.record)]
+    ok = [c for c in group if is_finished(c.record)]
     refused = [r for r in records if r.status == "refused"]
     stopped = {
         label: sum(r.status == status for r in records)
@@ -513,17 +514,30 @@ def _add_gain(row: Row, task: str, ref_cells: list[ReportCell], ref_mean: float 
         row.gain_ci = (0.0, 0.0)  # zero-shot against itself: no gain, by definition
         row.gain_replicates = np.zeros(REPLICATES)
         return
-    mine = [c.scores() for c in row.cells if _finished(c.record)]
-    theirs = [c.scores() for c in ref_cells]
-    if not all(mine) or not all(theirs):
-        row.ci_note = "no stored predictions"
-        return
-    try:
-        row.gain_replicates = bootstrap_gain(mine, theirs, seed=task_seed(task))
-    except ValueError as exc:
-        row.ci_note = str(exc)
+    row.gain_replicates, note = gain_replicates(row.cells, ref_cells, task)
+    if row.gain_replicates is None:
+        row.ci_note = note
         return
     row.gain_ci = interval(row.gain_replicates)
+
+
+#: why a gain has no interval when a side's cells stored no predictions.
+NO_PREDICTIONS = "no stored predictions"
+
+
+def gain_replicates(
+    cells: Sequence[ReportCell], ref_cells: Sequence[ReportCell], task: str
+) -> tuple[np.ndarray | None, str]:
+    """`bootstrap_gain` of ``cells`` over ``ref_cells`` (their finished ones) with the task's
+    seed, so every gain of a task shares its draws; (None, why) when there is none."""
+    mine = [c.scores() for c in cells if is_finished(c.record)]
+    theirs = [c.scores() for c in ref_cells if is_finished(c.record)]
+    if not all(mine) or not all(theirs):
+        return None, NO_PREDICTIONS
+    try:
+        return bootstrap_gain(mine, theirs, seed=task_seed(task)), ""
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _manual_gain(row: Row, task: str, manual_cells: list[ReportCell]) -> Gain:
@@ -534,14 +548,9 @@ def _manual_gain(row: Row, task: str, manual_cells: list[ReportCell]) -> Gain:
     value = row.accuracy - statistics.fmean(float(c.record.accuracy or 0.0) for c in manual_cells)
     if row.method == MANUAL_BEST:
         return Gain(0.0, (0.0, 0.0), np.zeros(REPLICATES))  # itself: no gain, by definition
-    mine = [c.scores() for c in row.cells if _finished(c.record)]
-    theirs = [c.scores() for c in manual_cells]
-    if not all(mine) or not all(theirs):
-        return Gain(value, note="no stored predictions")
-    try:
-        replicates = bootstrap_gain(mine, theirs, seed=task_seed(task))
-    except ValueError as exc:
-        return Gain(value, note=str(exc))
+    replicates, note = gain_replicates(row.cells, manual_cells, task)
+    if replicates is None:
+        return Gain(value, note=note)
     return Gain(value, interval(replicates), replicates)
 
 
@@ -772,7 +781,7 @@ def disclosure_marks(row: Row) -> str:
     text = f" {''.join(marks)}" if marks else ""
     unchanged = {d.cell for d in row.disclosures if d.kind == "no-change"}
     if unchanged:
-        cells = sum(_finished(c.record) for c in row.cells)
+        cells = sum(is_finished(c.record) for c in row.cells)
         text += " no change" + ("" if len(unchanged) >= cells else f" ({len(unchanged)}/{cells})")
     return text
 
@@ -799,7 +808,7 @@ def disclosure_legend(section: Section) -> list[LegendLine]:
     same are grouped), in row order, marks in `DISCLOSURE_MARKS` order."""
     lines: list[LegendLine] = []
     for row in [*section.rows, *section.apart]:
-        finished = sum(_finished(c.record) for c in row.cells)
+        finished = sum(is_finished(c.record) for c in row.cells)
         groups: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
         for d in row.disclosures:
             groups.setdefault((d.kind, d.detail), []).append((d.cell, d.task, d.seed))

@@ -40,13 +40,13 @@ from typing import Literal
 import numpy as np
 
 from benchmarks.report import (
+    NO_PREDICTIONS,
     REFERENCE,
     Report,
-    ReportCell,
     Row,
-    bootstrap_gain,
+    gain_replicates,
     interval,
-    task_seed,
+    is_finished,
 )
 
 VerdictText = Literal["reproduced", "not reproduced", "not measurable here"]
@@ -285,16 +285,15 @@ def judge(claim: Claim, by_task: Mapping[str, Sequence[Row]]) -> Verdict:
     )
     replicates = []
     for task, mine, ref in pairs:
-        ours = [c.scores() for c in mine.cells if _finished(c)]
-        theirs = [c.scores() for c in ref.cells if _finished(c)]
-        if not all(ours) or not all(theirs):
-            why = f"no interval: no stored predictions on {task}"
+        drawn, note = gain_replicates(mine.cells, ref.cells, task)
+        if drawn is None:
+            why = (
+                f"no interval: {note} on {task}"
+                if note == NO_PREDICTIONS
+                else f"no interval on {task}: {note}"
+            )
             return Verdict(claim, NOT_MEASURABLE, why, here, value, tasks=tasks)
-        try:
-            replicates.append(bootstrap_gain(ours, theirs, seed=task_seed(task)))
-        except ValueError as exc:
-            why = f"no interval on {task}: {exc}"
-            return Verdict(claim, NOT_MEASURABLE, why, here, value, tasks=tasks)
+        replicates.append(drawn)
     low, high = interval(np.mean(replicates, axis=0))
     side = claim.direction
     if side * low > 0 and side * high > 0:
@@ -305,11 +304,6 @@ def judge(claim: Claim, by_task: Mapping[str, Sequence[Row]]) -> Verdict:
     else:
         why = "no significant gain: the 95% interval includes zero"
     return Verdict(claim, NOT_REPRODUCED, why + left_out, here, value, (low, high), tasks)
-
-
-def _finished(cell: ReportCell) -> bool:
-    """A cell the row's accuracy counts (as `benchmarks.report` counts it)."""
-    return cell.record.status == "ok" and cell.record.accuracy is not None
 
 
 def _size_note(claim: Claim, value: float) -> str:
@@ -328,7 +322,7 @@ def _setting(pairs: Sequence[tuple[str, Row, Row]]) -> str:
             f"{c.record.model} ({c.record.backend})"
             for _, mine, _ in pairs
             for c in mine.cells
-            if _finished(c)
+            if is_finished(c.record)
         }
     )
     return f"{', '.join(models)} on {', '.join(t for t, _, _ in pairs)}"
