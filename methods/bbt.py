@@ -440,10 +440,9 @@ def search(
     chosen, chosen_loss = zero, None
     # The official start: nothing picked, and a pick must beat dev accuracy 0.
     best_dev: float | None = None
-    bar = 0.0
     checks = 0
     if dev_accuracy is not None and cfg.zero_incumbent:
-        best_dev = bar = dev_accuracy(zero)
+        best_dev = dev_accuracy(zero)
         checks = 1
         on_event("dev", {"calls": 0, "dev_accuracy": best_dev, "best_dev_accuracy": best_dev})
     best_z: np.ndarray | None = None
@@ -453,7 +452,7 @@ def search(
     history: list[tuple[int, float]] = []
 
     def checkpoint(z: np.ndarray | None, loss: float) -> None:
-        nonlocal chosen, chosen_loss, best_dev, bar, checks, checked
+        nonlocal chosen, chosen_loss, best_dev, checks, checked
         if z is None or dev_accuracy is None:
             return
         if checked is not None and np.array_equal(checked, z):
@@ -461,8 +460,8 @@ def search(
         checked = z
         acc = dev_accuracy(z)
         checks += 1
-        if acc > bar:
-            best_dev, bar, chosen, chosen_loss = acc, acc, z, loss
+        if acc > (0.0 if best_dev is None else best_dev):
+            best_dev, chosen, chosen_loss = acc, z, loss
         on_event("dev", {"calls": used, "dev_accuracy": acc, "best_dev_accuracy": best_dev})
 
     optimizer = _make_optimizer(cfg, calls, seed)
